@@ -1,0 +1,1 @@
+"""memopt: train language models with memory-efficient optimizers and compare them honestly."""

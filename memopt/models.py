@@ -1,0 +1,87 @@
+"""Model presets and builders.
+
+A model name is one of three things: a preset from PRESETS (random init, the
+LLaMA sizes of the benchmark paper, arXiv 2505.22922), a local folder written by
+`save_pretrained`, or a hub name such as `distilgpt2` (both loaded pretrained
+and fine-tuned).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class LlamaPreset:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+
+
+# The benchmark paper's table (METHODS.md), plus `llama-micro` for tests.
+PRESETS: dict[str, LlamaPreset] = {
+    "llama-micro": LlamaPreset(32, 88, 2, 2),
+    "llama-9m": LlamaPreset(128, 352, 4, 4),
+    "llama-20m": LlamaPreset(256, 688, 4, 4),
+    "llama-35m": LlamaPreset(384, 1024, 6, 8),
+    "llama-60m": LlamaPreset(512, 1376, 8, 8),
+    "llama-130m": LlamaPreset(768, 2048, 12, 12),
+    "llama-350m": LlamaPreset(1024, 2736, 24, 16),
+    "llama-1b": LlamaPreset(2048, 5461, 24, 32),
+    "llama-7b": LlamaPreset(4096, 11008, 32, 32),
+    "llama-13b": LlamaPreset(5120, 13824, 40, 40),
+}
+
+# The paper's vocabulary; models trained on the project's own tokenizer use its size instead.
+PAPER_VOCAB_SIZE = 32000
+
+
+def preset_config(name: str, vocab_size: int = PAPER_VOCAB_SIZE, max_position_embeddings: int = 1024) -> LlamaConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_hidden_layers,
+        num_attention_heads=p.num_attention_heads,
+        num_key_value_heads=p.num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+    )
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def build_model(
+    name: str,
+    vocab_size: int = PAPER_VOCAB_SIZE,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A preset from random init (seeded), or a pretrained local folder / hub name."""
+    if is_preset(name):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(preset_config(name, vocab_size, max_position_embeddings))
+    return AutoModelForCausalLM.from_pretrained(name)
+
+
+def max_positions(name: str) -> int | None:
+    """How many positions a non-preset model allows (None: no limit known)."""
+    config = AutoConfig.from_pretrained(name)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def is_local_model(name: str) -> bool:
+    return Path(name).is_dir() and (Path(name) / "config.json").is_file()

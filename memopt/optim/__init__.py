@@ -1,0 +1,7 @@
+"""Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here."""
+from memopt.optim import adamw  # noqa: F401  (registers "adamw")
+from memopt.optim.registry import MethodSpec, build, expected_state_bytes, hyperparameters, methods, register, spec
+
+METHODS = methods()
+
+__all__ = ["METHODS", "MethodSpec", "build", "expected_state_bytes", "hyperparameters", "methods", "register", "spec"]
