@@ -27,9 +27,8 @@ def machine() -> str:
 
 
 def command() -> str:
-    return "python -m " + Path(sys.argv[0]).with_suffix("").as_posix().replace("/", ".").split("benchmarks.", 1)[-1].join(
-        ["benchmarks.", ""]
-    ) + "".join(f" {a}" for a in sys.argv[1:])
+    """The command that reproduces the running benchmark (run as `python -m benchmarks.NAME`)."""
+    return " ".join(["python -m benchmarks." + Path(sys.argv[0]).stem, *sys.argv[1:]])
 
 
 def write_section(name: str, title: str, body: str) -> None:
