@@ -1,0 +1,224 @@
+"""compare_optimizers: tokenize once, train and evaluate each method, report.
+
+    python -m flows.compare --methods adamw,galore,blockllm --max_steps 200
+    python -m flows.compare --resume PARENT_RUN_ID
+
+Exit codes: 0 every method finished; 1 at least one failed (the report lists
+it with its reason); 2 bad input (nothing was started).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+from prefect import flow
+
+from memopt.config import CONFIG_PARAM, CompareConfig, ConfigError, validate
+from memopt.data import DEFAULT_DATASET
+from memopt.methods import recipe
+from memopt.models import is_preset
+from memopt.tracking import child_run, child_runs, open_parent_run
+from memopt.train import FAILURE_TAG, TrainConfig
+from tasks.data import tokenize
+from tasks.evaluate import evaluate
+from tasks.report import compare
+from tasks.train import train
+
+RESUMED_PARENT_TAG = "memopt.resumed_parent"
+
+
+class ComparisonIncomplete(RuntimeError):
+    pass
+
+
+@flow(name="compare-optimizers", log_prints=True)
+def compare_optimizers(
+    methods: list[str] = ["adamw", "galore", "blockllm"],  # noqa: B006 (Prefect shows it as the default)
+    model_name: str = "llama-9m",
+    dataset: str = DEFAULT_DATASET,
+    batch_size: int = 8,
+    epochs: int = 1,
+    max_steps: int = 0,
+    seq_len: int = 128,
+    lr: float | None = None,
+    eval_every: int = 50,
+    seed: int = 0,
+    output_dir: str = "./results",
+    tracking_uri: str = "",
+    rank: int | None = None,
+    sparsity: float | None = None,
+    method_args: dict[str, dict] | None = None,
+    checkpoint_every: int = 50,
+    retries: int = 1,
+    vocab_size: int = 4096,
+    resume: str | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, str]:
+    """Returns each method's final status. Raises ComparisonIncomplete if any method failed."""
+    cfg = CompareConfig(**{k: v for k, v in locals().items() if k != "parent_run_id"})
+    cfg.method_args = cfg.method_args or {}
+    validate(cfg)
+    uri = cfg.resolved_tracking_uri()
+    client = MlflowClient(uri)
+    parent = open_parent_run(client, cfg.resume or parent_run_id, run_name="compare")
+    if cfg.resume and parent_run_id and parent_run_id != parent:
+        client.set_tag(parent_run_id, RESUMED_PARENT_TAG, parent)  # the run `mlflow run` made for this resume
+    client.log_batch(parent, params=[])  # fail early if the parent is not writable
+    existing = client.get_run(parent).data.params
+    for key, value in cfg.as_params().items():
+        if key not in existing:
+            client.log_param(parent, key, value)
+
+    output = Path(cfg.output_dir)
+    data_dir = tokenize(
+        cfg.dataset,
+        None if is_preset(cfg.model_name) else cfg.model_name,
+        cfg.seq_len,
+        str(output / "cache"),
+        cfg.seed,
+        vocab_size=cfg.vocab_size,
+        parent_run_id=parent,
+        tracking_uri=uri,
+    )
+
+    statuses: dict[str, str] = {}
+    for method in cfg.methods:
+        run = child_run(client, parent, method)
+        run_id = run.info.run_id
+        if run.info.status == "FINISHED":
+            print(f"{method}: already finished in run {run_id}; skipped")
+            statuses[method] = "FINISHED"
+            continue
+        if run.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        train_cfg = TrainConfig(
+            method=method,
+            model_name=cfg.model_name,
+            data_dir=data_dir,
+            output_dir=str(output / "runs" / parent / method),
+            run_id=run_id,
+            tracking_uri=uri,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            lr=cfg.lr,
+            eval_every=cfg.eval_every,
+            checkpoint_every=cfg.checkpoint_every,
+            seed=cfg.seed,
+            method_args=cfg.method_hyperparameters(method),
+        )
+        state = train.with_options(retries=cfg.retries, task_run_name=f"train-{method}")(train_cfg, return_state=True)
+        if state.is_failed():
+            reason = str(state.result(raise_on_failure=False))
+            client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+            client.set_terminated(run_id, "FAILED")
+            print(f"{method}: FAILED: {reason}")
+            statuses[method] = "FAILED"
+            continue
+        steps = int(client.get_run(run_id).data.params["total_steps"])
+        evaluate.with_options(task_run_name=f"evaluate-{method}")(
+            state.result(), data_dir, run_id, uri, cfg.batch_size, steps
+        )
+        client.set_terminated(run_id, "FINISHED")
+        statuses[method] = "FINISHED"
+
+    report = compare(uri, parent, str(output))
+    print(f"report: {report}")
+    failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
+    if failed:
+        client.set_tag(parent, "memopt.failed_methods", ",".join(failed))
+    if not parent_run_id:  # a run made by `mlflow run` is ended by mlflow run, from our exit code
+        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    if failed:
+        raise ComparisonIncomplete(f"not every method finished: {', '.join(failed)} failed (see {report})")
+    return statuses
+
+
+def _optional(kind):
+    """argparse type: '' (what an MLproject passes for 'no value') means None."""
+    def parse(text: str):
+        return None if text in ("", "None", "none") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _method_args(text: str) -> dict[str, dict]:
+    """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
+    result: dict[str, dict] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise argparse.ArgumentTypeError(f"{item!r} is not METHOD.NAME=VALUE")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        result.setdefault(method, {})[name] = parsed
+    return result
+
+
+def parse_args(argv: list[str]) -> CompareConfig:
+    d = CompareConfig()
+    p = argparse.ArgumentParser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=",".join(d.methods), help="comma-separated method names")
+    p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b), a save_pretrained folder or a hub name")
+    p.add_argument("--dataset", default=d.dataset, help="the embedded default, a hub name, or a local file/folder")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max_steps", type=int, default=d.max_steps, help="> 0 overrides --epochs")
+    p.add_argument("--seq_len", type=int, default=d.seq_len)
+    p.add_argument("--lr", type=_optional(float), default=None, help="one learning rate for every method (default: each method's own)")
+    p.add_argument("--eval_every", type=int, default=d.eval_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--output_dir", default=d.output_dir)
+    p.add_argument("--tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    p.add_argument("--rank", type=_optional(int), default=None, help="rank of every low-rank method (default: hidden size / 4, at most 128)")
+    p.add_argument("--sparsity", type=_optional(float), default=None, help="BlockLLM's sparsity (default 0.9)")
+    p.add_argument("--method_args", type=_method_args, default={}, help="METHOD.NAME=VALUE,... e.g. galore.update_proj_gap=50")
+    p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
+    p.add_argument("--retries", type=int, default=d.retries, help="Prefect retries of a failed training process")
+    p.add_argument("--vocab_size", type=int, default=d.vocab_size, help="tokenizer size for preset models")
+    p.add_argument("--resume", type=_optional(str), default=None, help="finish the comparison of this MLflow parent run id")
+    a = p.parse_args(argv)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    return CompareConfig(**{**vars(a), "methods": methods})
+
+
+def resumed_config(cfg: CompareConfig) -> CompareConfig:
+    """On --resume, the parent run's own configuration, so the comparison finishes as it began."""
+    params = MlflowClient(cfg.resolved_tracking_uri()).get_run(cfg.resume).data.params
+    if CONFIG_PARAM not in params:
+        raise ConfigError(f"--resume: run {cfg.resume} is not a memopt comparison (it has no {CONFIG_PARAM!r} param)")
+    return CompareConfig(**{**json.loads(params[CONFIG_PARAM]), "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        if cfg.resume:
+            try:
+                cfg = resumed_config(cfg)
+            except Exception as exc:  # noqa: BLE001 (any failure to read the run is the same user error)
+                raise ConfigError(f"--resume: cannot read parent run {cfg.resume!r}: {exc}") from None
+        validate(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        statuses = compare_optimizers(**vars(cfg), parent_run_id=os.environ.get("MLFLOW_RUN_ID"))
+    except ComparisonIncomplete as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(statuses))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

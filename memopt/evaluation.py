@@ -1,0 +1,57 @@
+"""Validation loss, perplexity and answer accuracy."""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from memopt.data import extract_answer, normalize_answer, prompt_for
+
+
+@torch.no_grad()
+def validation_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: int, max_batches: int | None = None) -> float:
+    """Mean next-token loss over the blocks (every block weighs the same)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses = []
+    for i, start in enumerate(range(0, len(blocks), batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = blocks[start : start + batch_size].to(device)
+        losses.append(model(input_ids=batch, labels=batch).loss.float().item() * len(batch))
+    model.train(was_training)
+    n = min(len(blocks), batch_size * max_batches) if max_batches else len(blocks)
+    return sum(losses) / n
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 80.0))  # exp(80) already means "no model"; avoid overflow
+
+
+@torch.no_grad()
+def answer_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[dict], max_new_tokens: int = 64
+) -> float | None:
+    """Greedy generation on held-out problems; exact match of the final boxed answer."""
+    if not problems:
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for row in problems:
+        prompt = tokenizer(prompt_for(row["problem"]), return_tensors="pt").to(device)
+        out = model.generate(
+            **prompt,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        text = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+        predicted = extract_answer(text)
+        correct += predicted is not None and normalize_answer(predicted) == normalize_answer(str(row["answer"]))
+    model.train(was_training)
+    return correct / len(problems)

@@ -1,0 +1,126 @@
+"""The comparison report, built from MLflow alone: the runs under one parent and their metric histories."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here; files only
+import matplotlib.pyplot as plt  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+
+from memopt.tracking import child_runs  # noqa: E402
+from memopt.train import FAILURE_TAG  # noqa: E402
+
+TABLE = "comparison_results.md"
+LOSS_PLOT = "cpu_optimization_comparison.png"
+MEMORY_PLOT = "memory_over_time.png"
+MIB = 1024 * 1024
+
+
+@dataclass
+class MethodResult:
+    method: str
+    status: str
+    reason: str
+    train_loss: float | None = None
+    val_loss: float | None = None
+    epoch_time_s: float | None = None
+    peak_rss_mb: float | None = None
+    perplexity: float | None = None
+    accuracy: float | None = None
+    tokens_per_s: float | None = None
+    state_mb: float | None = None
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float, int]]:
+    return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
+
+
+def method_result(client: MlflowClient, run: Run) -> MethodResult:
+    metrics, params = run.data.metrics, run.data.params
+    r = MethodResult(run.data.tags["memopt.method"], run.info.status, run.data.tags.get(FAILURE_TAG, ""))
+    step_times = [v for _, v, _ in _history(client, run.info.run_id, "step_time_s")]
+    if step_times:
+        steps_per_epoch = max(1, int(params.get("steps_per_epoch", len(step_times))))
+        r.epoch_time_s = sum(step_times) / len(step_times) * steps_per_epoch
+        tokens = int(params.get("batch_size", 0)) * int(params.get("seq_len", 0)) * len(step_times)
+        r.tokens_per_s = tokens / sum(step_times) if tokens else None
+    r.train_loss = metrics.get("train_loss")
+    r.val_loss = metrics.get("final_val_loss", metrics.get("val_loss"))
+    r.peak_rss_mb = metrics.get("peak_rss_mb")
+    r.perplexity = metrics.get("perplexity")
+    r.accuracy = metrics.get("answer_accuracy")
+    if "optimizer_state_bytes" in metrics:
+        r.state_mb = metrics["optimizer_state_bytes"] / MIB
+    return r
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown_table(results: list[MethodResult]) -> str:
+    adamw = next((r.state_mb for r in results if r.method == "adamw" and r.state_mb), None)
+    header = [
+        "Method", "Status", "Final Train Loss", "Final Val Loss", "Avg Epoch Time (s)", "Peak Memory (MB)",
+        "Perplexity", "Answer Accuracy", "Tokens/s", "Optimizer State (MB)", "State % of AdamW",
+    ]
+    rows = []
+    for r in results:
+        status = r.status if r.status != "FAILED" else f"FAILED: {r.reason or 'no reason recorded'}"
+        share = None if adamw is None or r.state_mb is None else 100 * r.state_mb / adamw
+        rows.append([
+            r.method, status, _fmt(r.train_loss, ".4f"), _fmt(r.val_loss, ".4f"), _fmt(r.epoch_time_s, ".1f"),
+            _fmt(r.peak_rss_mb, ".0f"), _fmt(r.perplexity, ".2f"), _fmt(r.accuracy, ".2%"), _fmt(r.tokens_per_s, ".0f"),
+            _fmt(r.state_mb, ".3f"), _fmt(share, ".1f"),
+        ])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row).replace("\n", " ") + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plot_losses(client: MlflowClient, runs: dict[str, Run], path: Path) -> None:
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, run in runs.items():
+        for ax, key in ((ax_train, "train_loss"), (ax_val, "val_loss")):
+            points = _history(client, run.info.run_id, key)
+            if points:
+                ax.plot([s for s, _, _ in points], [v for _, v, _ in points], label=method, marker="." if key == "val_loss" else None)
+    for ax, title in ((ax_train, "Training loss"), (ax_val, "Validation loss")):
+        ax.set(title=title, xlabel="optimizer step", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_memory(client: MlflowClient, runs: dict[str, Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, run in runs.items():
+        points = sorted(_history(client, run.info.run_id, "memory_rss_mb"), key=lambda p: p[2])
+        if points:
+            t0 = points[0][2]
+            ax.plot([(t - t0) / 1000 for _, _, t in points], [v for _, v, _ in points], label=method)
+    ax.set(title="Process memory (RSS) during training", xlabel="seconds since the process started", ylabel="MB")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> tuple[Path, list[MethodResult]]:
+    """Write the table and plots into `out_dir`; returns the table's path and the rows."""
+    client = MlflowClient(tracking_uri)
+    runs = child_runs(client, parent_run_id)
+    results = [method_result(client, run) for run in runs.values()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / TABLE
+    table.write_text(f"# Optimizer comparison\n\nMLflow parent run `{parent_run_id}`.\n\n{markdown_table(results)}\n")
+    _plot_losses(client, runs, out_dir / LOSS_PLOT)
+    _plot_memory(client, runs, out_dir / MEMORY_PLOT)
+    return table, results

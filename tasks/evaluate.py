@@ -1,0 +1,37 @@
+"""The evaluate task: the final model of one method, measured on held-out data, logged to its child run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+from prefect import task
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from memopt.data import TokenizedData
+from memopt.evaluation import answer_accuracy, perplexity, validation_loss
+
+
+@task(name="evaluate")
+def evaluate(
+    model_dir: str,
+    data_dir: str,
+    run_id: str,
+    tracking_uri: str,
+    batch_size: int,
+    step: int,
+    accuracy_problems: int = 20,
+) -> dict[str, float]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(Path(model_dir)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(Path(model_dir))
+    data = TokenizedData(Path(data_dir))
+    loss = validation_loss(model, data.blocks("validation"), batch_size)
+    metrics = {"final_val_loss": loss, "perplexity": perplexity(loss)}
+    accuracy = answer_accuracy(model, tokenizer, data.eval_problems(accuracy_problems))
+    if accuracy is not None:
+        metrics["answer_accuracy"] = accuracy
+    client = MlflowClient(tracking_uri)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=step)
+    return metrics
