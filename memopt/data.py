@@ -1,0 +1,404 @@
+"""Datasets, text formatting, tokenizers and tokenized blocks on disk.
+
+A dataset name is one of four things:
+- `DEFAULT_DATASET`: arithmetic problems generated offline from the seed (memopt/datagen.py);
+- a local folder written by `save_to_disk` (a Dataset or a DatasetDict);
+- a local json / jsonl / txt / parquet / csv file, or a folder of them;
+- a hub name such as `HuggingFaceH4/MATH-500` or `wikitext`, optionally `name:config@revision`.
+
+Every dataset comes back with splits train / validation / test; missing ones are
+cut from the data deterministically from the seed. Training text is one string
+per row (`format_example`); `tokenize_dataset` packs the rows, each followed by
+EOS, into blocks of `seq_len` tokens and writes them to disk once.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from memopt.datagen import GENERATOR_VERSION, generate_math_dataset
+
+DEFAULT_DATASET = "memopt/math-synthetic"
+DEFAULT_VOCAB_SIZE = 4096
+EOS_TOKEN = "<|endoftext|>"
+SPLITS = ("train", "validation", "test")
+HELD_OUT_FRACTION = 0.05  # of the rows, for each missing validation / test split
+MATH_FIELDS = "problem+solution"  # text_field's answer for MATH-style rows
+# File suffix -> the `datasets` builder that reads it.
+BUILDERS = {".json": "json", ".jsonl": "json", ".txt": "text", ".parquet": "parquet", ".csv": "csv"}
+# Hub datasets that need a config name; this one is the sensible default.
+HUB_DEFAULT_CONFIGS = {"wikitext": "wikitext-2-raw-v1", "Salesforce/wikitext": "wikitext-2-raw-v1"}
+# Other spellings of the validation split.
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used; the message names it and says what is wrong."""
+
+
+# ---- text ---------------------------------------------------------------------------------------
+
+def text_field(dataset: Dataset | DatasetDict | Mapping[str, Any]) -> str | None:
+    """Where a row's training text comes from: `MATH_FIELDS` (problem + solution), `text`,
+    else the first string column; None if there is none. Takes a dataset or one row."""
+    if isinstance(dataset, DatasetDict):
+        dataset = next(iter(dataset.values()))
+    if isinstance(dataset, Dataset):
+        strings = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    else:
+        strings = [c for c, v in dataset.items() if isinstance(v, str)]
+    if "problem" in strings and "solution" in strings:
+        return MATH_FIELDS
+    if "text" in strings:
+        return "text"
+    return strings[0] if strings else None
+
+
+def format_example(row: Mapping[str, Any], field: str | None = None) -> str:
+    """The training text of one row (`field`: text_field of its dataset, found from the row if None)."""
+    field = field or text_field(row)
+    if field == MATH_FIELDS:
+        return f"Problem: {row['problem']}\nSolution: {row['solution']}"
+    if field is None:
+        raise DatasetError(f"row has no text field; columns: {', '.join(row)}")
+    return row[field] or ""
+
+
+def prompt_for(problem: str) -> str:
+    """What greedy generation starts from to answer `problem`."""
+    return f"Problem: {problem}\nSolution:"
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The content of the last `\boxed{...}` in `text` (braces balanced), stripped; None if none."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            if depth == 0:
+                return text[begin:i].strip()
+            depth -= 1
+    return None  # unbalanced: the generation stopped inside the box
+
+
+def normalize_answer(answer: str | None) -> str:
+    """A canonical form for exact-match comparison: no spaces, `$`, `\\left`/`\\right`, final period;
+    `\\dfrac` as `\\frac`; numbers as written by Python (`5.0` -> `5`)."""
+    if answer is None:
+        return ""
+    text = answer.strip().strip("$").rstrip(".")
+    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), (" ", "")):
+        text = text.replace(old, new)
+    try:
+        number = float(text.replace(",", ""))
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else str(number)
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+def load_text_dataset(name: str, seed: int = 0) -> DatasetDict:
+    """The dataset `name` with splits train, validation and test (test may be empty)."""
+    raw = _load_raw(name, seed)
+    if sum(len(split) for split in raw.values()) == 0:
+        raise DatasetError(f"dataset {name!r} is empty")
+    if text_field(raw) is None:
+        columns = ", ".join(next(iter(raw.values())).column_names)
+        raise DatasetError(f"dataset {name!r} has no usable text field (no string column); columns found: {columns}")
+    return _with_splits(raw, seed, name)
+
+
+def check_dataset(name: str) -> None:
+    """Raise DatasetError now if `name` cannot be used, before anything is started."""
+    if name != DEFAULT_DATASET:
+        load_text_dataset(name)
+
+
+def _load_raw(name: str, seed: int) -> DatasetDict:
+    if name == DEFAULT_DATASET:
+        return generate_math_dataset(seed)
+    path = Path(name).expanduser()
+    if path.exists():
+        return _load_local(name, path)
+    if _looks_local(name):
+        raise DatasetError(f"dataset {name!r}: path does not exist")
+    return _load_hub(name)
+
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a path (a hub name is `name` or `owner/name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in BUILDERS
+
+
+def _load_local(name: str, path: Path) -> DatasetDict:
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = load_from_disk(str(path))
+        elif path.is_dir():
+            loaded = load_dataset(str(path))  # infers the builder and the splits from the file names
+        elif path.suffix in BUILDERS:
+            loaded = load_dataset(BUILDERS[path.suffix], data_files=str(path))
+        else:
+            raise DatasetError(f"dataset {name!r}: unsupported file type {path.suffix!r}; supported: {', '.join(BUILDERS)}")
+    except DatasetError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable files; all mean the same here
+        raise DatasetError(f"dataset {name!r}: cannot read it: {e}") from e
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def _hub_spec(name: str) -> tuple[str, str | None, str | None]:
+    """`name[:config][@revision]` -> (name, config, revision)."""
+    name, _, revision = name.partition("@")
+    name, _, config = name.partition(":")
+    return name, config or HUB_DEFAULT_CONFIGS.get(name), revision or None
+
+
+def _load_hub(name: str) -> DatasetDict:
+    path, config, revision = _hub_spec(name)
+    try:
+        loaded = load_dataset(path, config, revision=revision)
+    except Exception as e:  # offline, unknown name, missing config...: the name cannot be used
+        offline = " (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else ""
+        raise DatasetError(f"dataset {name!r}: not a local path and cannot be loaded from the hub{offline}: {e}") from e
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _with_splits(raw: DatasetDict, seed: int, name: str) -> DatasetDict:
+    """train / validation / test; missing validation and (for problems with answers) test are cut
+    from train, or from all rows when there is no train split (MATH-500 has only `test`)."""
+    splits = {SPLIT_ALIASES.get(k, k): v for k, v in raw.items() if len(v)}
+    if "train" not in splits:
+        splits = {"train": concatenate_datasets(list(splits.values()))}
+    train = splits["train"]
+    wanted = ["validation"] + (["test"] if _has_answers(train) else [])
+    missing = [split for split in wanted if split not in splits]
+    n_held_out = max(1, round(HELD_OUT_FRACTION * len(train)))
+    if len(train) <= n_held_out * len(missing):
+        raise DatasetError(f"dataset {name!r}: {len(train)} rows are too few to cut {', '.join(missing)} from")
+    for split in missing:
+        cut = train.train_test_split(test_size=n_held_out, seed=seed)
+        train, splits[split] = cut["train"], cut["test"]
+    splits["train"] = train
+    splits.setdefault("test", train.select([]))
+    return DatasetDict({split: splits[split] for split in SPLITS})
+
+
+def _has_answers(dataset: Dataset) -> bool:
+    return "problem" in dataset.column_names and bool({"answer", "solution"} & set(dataset.column_names))
+
+
+def dataset_identity(dataset: str, seed: int) -> str:
+    """A stable string naming the data `load_text_dataset(dataset, seed)` returns, for caches:
+    a local path with a fingerprint of its files (an edit changes it), a hub name with its
+    revision, the default with its generator version."""
+    if dataset == DEFAULT_DATASET:
+        return f"{dataset} generator={GENERATOR_VERSION} seed={seed}"
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return f"{path.resolve()} files={path_fingerprint(path)} seed={seed}"
+    return f"{dataset} seed={seed}"
+
+
+def path_fingerprint(path: Path) -> str:
+    """Hash of the relative names, sizes and modification times of the files under `path`."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---- tokenizers -----------------------------------------------------------------------------------
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (GPT-2 style: any text encodes, no unknown tokens), with
+    `EOS_TOKEN` as its only special token, serving as bos, eos, pad and unk."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN
+    )
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A hub name or local tokenizer folder, with a pad token (EOS where it had none)."""
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {name!r} has no EOS token to separate examples with")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# ---- tokenized blocks on disk ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenizedData:
+    """A folder written by `tokenize_dataset`: train.npy and validation.npy (int32 [n_blocks, seq_len]),
+    tokenizer/, test.jsonl (problems with answers, maybe none), meta.json (written last)."""
+
+    root: Path
+
+    def blocks(self, split: str) -> torch.Tensor:
+        """The blocks of `split` ("train" or "validation") as int64 [n_blocks, seq_len]."""
+        if split not in ("train", "validation"):
+            raise ValueError(f"no tokenized split {split!r}; tokenized splits: train, validation")
+        return torch.from_numpy(np.load(self.root / f"{split}.npy", mmap_mode="r").astype(np.int64))
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.root / "meta.json").read_text())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+    def eval_problems(self, limit: int | None = None) -> list[dict[str, str]]:
+        """Held-out rows {"problem", "answer"} for answer accuracy (the first `limit`)."""
+        lines = (self.root / "test.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in itertools.islice(lines, limit)]
+
+    def to_mlflow_dataset(self, split: str = "train"):
+        """The blocks of `split` as an `mlflow.data` dataset, digest from meta (no re-hashing)."""
+        import mlflow.data  # here, so that the data layer imports without MLflow
+
+        meta = self.meta
+        return mlflow.data.from_numpy(
+            np.load(self.root / f"{split}.npy", mmap_mode="r"),
+            source=str(self.root.resolve()),
+            name=f"{meta['dataset']} ({split}, seq_len={meta['seq_len']}, vocab={meta['vocab_size']})",
+            digest=meta["digests"][split],
+        )
+
+
+def is_complete(out_dir: Path) -> bool:
+    return (Path(out_dir) / "meta.json").is_file()
+
+
+def tokenize_dataset(
+    dataset: str,
+    tokenizer_name: str | None,
+    seq_len: int,
+    out_dir: Path,
+    seed: int = 0,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+) -> TokenizedData:
+    """Tokenize `dataset` into `out_dir`, or reuse it if it is already complete. `tokenizer_name`
+    None trains a byte-level BPE of `vocab_size` on the train split."""
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        return TokenizedData(out_dir)
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+    splits = load_text_dataset(dataset, seed)
+    field = text_field(splits)
+    texts = {split: _texts(splits[split], field) for split in ("train", "validation")}
+    tokenizer = train_tokenizer(texts["train"], vocab_size) if tokenizer_name is None else load_tokenizer(tokenizer_name)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
+    try:
+        meta = _write_blocks(tmp, texts, tokenizer, seq_len, dataset)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        n_eval_problems = _write_eval_problems(tmp / "test.jsonl", splits["test"])
+        meta.update(
+            dataset=dataset, identity=dataset_identity(dataset, seed), seed=seed, seq_len=seq_len,
+            tokenizer=tokenizer_name or f"bpe-{vocab_size} trained on train split", vocab_size=len(tokenizer),
+            n_eval_problems=n_eval_problems,
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: its presence marks completion
+        _publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TokenizedData(out_dir)
+
+
+def _texts(dataset: Dataset, field: str) -> list[str]:
+    return [format_example(row, field) for row in dataset]
+
+
+def _write_blocks(root: Path, texts: dict[str, list[str]], tokenizer, seq_len: int, dataset: str) -> dict[str, Any]:
+    """Write <split>.npy for each split; return block and token counts and digests for meta.json."""
+    meta: dict[str, Any] = {"n_blocks": {}, "n_tokens": {}, "digests": {}}
+    for split, split_texts in texts.items():
+        ids = tokenizer(split_texts, add_special_tokens=False, verbose=False)["input_ids"]
+        eos = [tokenizer.eos_token_id]
+        stream = np.fromiter(itertools.chain.from_iterable(x + eos for x in ids), dtype=np.int32)
+        n_blocks = len(stream) // seq_len  # the remainder, shorter than a block, is dropped
+        if n_blocks == 0:
+            raise DatasetError(
+                f"dataset {dataset!r}: the {split} split has {len(stream)} tokens, fewer than one block of "
+                f"seq_len={seq_len}; use a smaller seq_len"
+            )
+        blocks = stream[: n_blocks * seq_len].reshape(n_blocks, seq_len)
+        np.save(root / f"{split}.npy", blocks)
+        meta["n_blocks"][split], meta["n_tokens"][split] = n_blocks, int(len(stream))
+        meta["digests"][split] = hashlib.sha256(blocks.tobytes()).hexdigest()[:16]
+    return meta
+
+
+def _write_eval_problems(path: Path, test: Dataset) -> int:
+    """One {"problem", "answer"} per line (the answer column, else the boxed answer of the solution);
+    returns how many."""
+    problems = []
+    for row in test if _has_answers(test) else []:
+        answer = row["answer"] if "answer" in row else extract_answer(row["solution"])
+        if answer is not None:
+            problems.append({"problem": row["problem"], "answer": str(answer)})
+    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    return len(problems)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place; a complete one written meanwhile by another process wins."""
+    if out_dir.exists() and not is_complete(out_dir):
+        shutil.rmtree(out_dir)  # left over from an interrupted writer
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if not is_complete(out_dir):
+            raise

@@ -1,0 +1,75 @@
+"""Prefect task: tokenize a dataset once; later runs reuse the folder (and Prefect's cache).
+
+The cache key is the data's identity, not its name: an edited local file is
+tokenized again. The tokenized folder is named by a hash of the same identity.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+
+from memopt.data import DEFAULT_VOCAB_SIZE, TokenizedData, dataset_identity, path_fingerprint, tokenize_dataset
+
+# MLflow's dataset contexts for the two tokenized splits.
+CONTEXTS = {"train": "training", "validation": "validation"}
+
+
+def tokenized_key(dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> str:
+    """Everything the tokenized folder depends on besides the code."""
+    tokenizer = tokenizer_name or f"bpe-{DEFAULT_VOCAB_SIZE}"
+    if tokenizer_name and Path(tokenizer_name).exists():
+        tokenizer += f" files={path_fingerprint(Path(tokenizer_name))}"
+    return json.dumps([dataset_identity(dataset, seed), tokenizer, seq_len])
+
+
+def tokenized_dir(cache_dir: str | Path, dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> Path:
+    digest = hashlib.sha256(tokenized_key(dataset, tokenizer_name, seq_len, seed).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"tokenized-{digest}"
+
+
+def _content_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
+    return tokenized_key(inputs["dataset"], inputs["tokenizer_name"], inputs["seq_len"], inputs["seed"])
+
+
+def log_dataset_inputs(data: TokenizedData, run_id: str, tracking_uri: str | None = None) -> None:
+    """Log the train and validation blocks as inputs of the MLflow run `run_id` (by id: MLflow's
+    active run is per thread, and a task runs in Prefect's worker thread)."""
+    inputs = [
+        # `_to_mlflow_entity` is how mlflow.log_input itself turns a dataset into an entity.
+        DatasetInput(data.to_mlflow_dataset(split)._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        for split, context in CONTEXTS.items()
+    ]
+    MlflowClient(tracking_uri).log_inputs(run_id, datasets=inputs)
+
+
+# INPUTS includes parent_run_id: a new comparison runs the body again, which reuses the
+# folder on disk (milliseconds) and logs the dataset to its own parent run.
+@task(
+    cache_policy=INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_content_key),
+    persist_result=True,
+    task_run_name="tokenize {dataset} seq_len={seq_len}",
+)
+def tokenize(
+    dataset: str,
+    tokenizer_name: str | None,
+    seq_len: int,
+    cache_dir: str,
+    seed: int,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Tokenize `dataset` into a folder under `cache_dir` (reused when complete); returns its path."""
+    out_dir = tokenized_dir(cache_dir, dataset, tokenizer_name, seq_len, seed)
+    data = tokenize_dataset(dataset, tokenizer_name, seq_len, out_dir, seed=seed)
+    if parent_run_id:
+        log_dataset_inputs(data, parent_run_id, tracking_uri)
+    return str(data.root)
