@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from memopt.config import CONFIG_PARAM, CompareConfig, ConfigError, validate
 from memopt.data import DEFAULT_DATASET
@@ -36,7 +36,7 @@ class ComparisonIncomplete(RuntimeError):
     pass
 
 
-@flow(name="compare-optimizers", log_prints=True)
+@flow(name="compare-optimizers")
 def compare_optimizers(
     methods: list[str] = ["adamw", "galore", "blockllm"],  # noqa: B006 (Prefect shows it as the default)
     model_name: str = "llama-9m",
@@ -55,12 +55,12 @@ def compare_optimizers(
     method_args: dict[str, dict] | None = None,
     checkpoint_every: int = 50,
     retries: int = 1,
-    vocab_size: int = 4096,
     resume: str | None = None,
     parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """Returns each method's final status. Raises ComparisonIncomplete if any method failed."""
     cfg = CompareConfig(**{k: v for k, v in locals().items() if k != "parent_run_id"})
+    log = get_run_logger()
     cfg.method_args = cfg.method_args or {}
     validate(cfg)
     uri = cfg.resolved_tracking_uri()
@@ -81,7 +81,6 @@ def compare_optimizers(
         cfg.seq_len,
         str(output / "cache"),
         cfg.seed,
-        vocab_size=cfg.vocab_size,
         parent_run_id=parent,
         tracking_uri=uri,
     )
@@ -91,7 +90,7 @@ def compare_optimizers(
         run = child_run(client, parent, method)
         run_id = run.info.run_id
         if run.info.status == "FINISHED":
-            print(f"{method}: already finished in run {run_id}; skipped")
+            log.info("%s: already finished in run %s; skipped", method, run_id)
             statuses[method] = "FINISHED"
             continue
         if run.info.status != "RUNNING":
@@ -117,7 +116,7 @@ def compare_optimizers(
             reason = str(state.result(raise_on_failure=False))
             client.set_tag(run_id, FAILURE_TAG, reason[:5000])
             client.set_terminated(run_id, "FAILED")
-            print(f"{method}: FAILED: {reason}")
+            log.error("%s: FAILED: %s", method, reason)
             statuses[method] = "FAILED"
             continue
         steps = int(client.get_run(run_id).data.params["total_steps"])
@@ -128,7 +127,7 @@ def compare_optimizers(
         statuses[method] = "FINISHED"
 
     report = compare(uri, parent, str(output))
-    print(f"report: {report}")
+    log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     if failed:
         client.set_tag(parent, "memopt.failed_methods", ",".join(failed))
@@ -183,7 +182,6 @@ def parse_args(argv: list[str]) -> CompareConfig:
     p.add_argument("--method_args", type=_method_args, default={}, help="METHOD.NAME=VALUE,... e.g. galore.update_proj_gap=50")
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--retries", type=int, default=d.retries, help="Prefect retries of a failed training process")
-    p.add_argument("--vocab_size", type=int, default=d.vocab_size, help="tokenizer size for preset models")
     p.add_argument("--resume", type=_optional(str), default=None, help="finish the comparison of this MLflow parent run id")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from memopt import optim
-from memopt.data import DEFAULT_DATASET, DatasetError, check_dataset
+from memopt.data import DEFAULT_DATASET, DEFAULT_VOCAB_SIZE, DatasetError, check_dataset
 from memopt.methods import pipeline_methods, recipe
 from memopt.models import PRESETS, build_model, is_preset, max_positions, preset_config
 
@@ -50,7 +50,6 @@ class CompareConfig:
     method_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"galore": {"update_proj_gap": 50}}
     checkpoint_every: int = 50
     retries: int = 1
-    vocab_size: int = 4096  # of the tokenizer trained for preset models
     resume: str | None = None  # a parent run id to finish
 
     def resolved_tracking_uri(self) -> str:
@@ -96,7 +95,7 @@ def validate(cfg: CompareConfig) -> None:
     if repeated:
         raise ConfigError(f"--methods: {', '.join(repeated)} given more than once; each method runs once")
     for name, minimum in (("batch_size", 1), ("epochs", 1), ("max_steps", 0), ("seq_len", 2), ("eval_every", 1),
-                          ("seed", 0), ("checkpoint_every", 1), ("retries", 0), ("vocab_size", 64)):
+                          ("seed", 0), ("checkpoint_every", 1), ("retries", 0)):
         _positive_int(name, getattr(cfg, name), minimum)
     if cfg.lr is not None and not (isinstance(cfg.lr, float | int) and 0 < cfg.lr < float("inf")):
         raise ConfigError(f"--lr: got {cfg.lr!r}; must be a number > 0")
@@ -134,7 +133,7 @@ def _validate_model(cfg: CompareConfig) -> None:
         return
     # Every optimizer checks its own hyperparameters; build each on a weightless (meta) copy of the model.
     with torch.device("meta"):
-        model = build_model(cfg.model_name, vocab_size=cfg.vocab_size)
+        model = build_model(cfg.model_name, vocab_size=DEFAULT_VOCAB_SIZE)
     for method in cfg.methods:
         try:
             optim.build(recipe(method).optimizer, model, **cfg.method_hyperparameters(method))

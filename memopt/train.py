@@ -59,7 +59,6 @@ class TrainConfig:
     seed: int = 0
     memory_interval_s: float = 0.1
     method_args: dict[str, Any] = field(default_factory=dict)
-    fail_at_step: int = -1  # tests only: make the loss NaN at this step
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
@@ -171,8 +170,6 @@ def train(cfg: TrainConfig) -> None:
                 for micro in batch.chunk(accum):
                     with amp:
                         loss = model(input_ids=micro, labels=micro).loss / accum
-                    if step == cfg.fail_at_step:
-                        loss = loss * float("nan")
                     (scaler.scale(loss) if scaler else loss).backward()
                     loss_sum += loss.detach().float()
                 train_loss = loss_sum.item()
