@@ -150,6 +150,9 @@ def _looks_local(name: str) -> bool:
 
 
 def _load_local(name: str, path: Path) -> DatasetDict:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    if all(p.stat().st_size == 0 for p in files):  # `datasets` fails on these with no useful message
+        raise DatasetError(f"dataset {name!r} is empty: no file under it has any content")
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = load_from_disk(str(path))
