@@ -282,27 +282,32 @@ def test_to_mlflow_dataset(default_tokenized):
 
 def test_tokenize_task_caches_on_content_and_logs_inputs(prefect_server, tracking_uri, tmp_path):
     from mlflow import MlflowClient
+    from prefect import flow
 
     from tasks.data import tokenize
+
+    @flow
+    def tokenize_in_flow(**kwargs):
+        return tokenize(**kwargs, return_state=True)
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in MATH_ROWS))
     args = dict(dataset=str(path), tokenizer_name=None, seq_len=16, cache_dir=str(tmp_path / "cache"), seed=0)
 
-    first = tokenize(**args, return_state=True)
-    second = tokenize(**args, return_state=True)
-    assert not first.is_cached() if hasattr(first, "is_cached") else first.name != "Cached"
-    assert second.name == "Cached" and second.result() == first.result()
+    first, second = tokenize_in_flow(**args), tokenize_in_flow(**args)
+    assert first.name == "Completed" and second.name == "Cached"
+    assert second.result() == first.result()
     assert TokenizedData(Path(first.result())).blocks("train").shape[1] == 16
 
     path.write_text("".join(json.dumps(r) + "\n" for r in MATH_ROWS[:40]))  # an edit: tokenized again
-    edited = tokenize(**args, return_state=True)
-    assert edited.name != "Cached" and edited.result() != first.result()
+    edited = tokenize_in_flow(**args)
+    assert edited.name == "Completed" and edited.result() != first.result()
 
     client = MlflowClient(tracking_uri)
-    run = client.create_run(client.create_experiment("data-test"))
-    root = tokenize(**args, parent_run_id=run.info.run_id, tracking_uri=tracking_uri)
-    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
-    contexts = {i.tags[0].value: i.dataset for i in inputs}
-    assert set(contexts) == {"training", "validation"}
-    assert contexts["training"].digest == TokenizedData(Path(root)).meta["digests"]["train"]
+    run_id = client.create_run(client.create_experiment("data-test")).info.run_id
+    root = tokenize_in_flow(**args, parent_run_id=run_id, tracking_uri=tracking_uri).result()
+    assert root == edited.result()  # a new parent run reuses the folder on disk
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    datasets_by_context = {i.tags[0].value: i.dataset for i in inputs}
+    assert set(datasets_by_context) == {"training", "validation"}
+    assert datasets_by_context["training"].digest == TokenizedData(Path(root)).meta["digests"]["train"]
