@@ -257,10 +257,18 @@ def test_tokenize_reuses_complete_folder(default_tokenized):
 def test_tokenize_with_local_tokenizer_and_text_only_data(default_tokenized, tmp_path):
     data, _ = default_tokenized
     path = tmp_path / "corpus.txt"
-    path.write_text("".join(r["text"] + "\n" for r in TEXT_ROWS * 5))
+    path.write_text("".join(r["text"] + "\n\n" for r in TEXT_ROWS * 5))  # blank lines are skipped
     out = tokenize_dataset(str(path), str(data.tokenizer_dir), 16, tmp_path / "out")
     assert out.vocab_size == data.vocab_size and out.blocks("train").shape[1] == 16
     assert out.eval_problems() == [] and (out.root / "test.jsonl").read_text() == ""
+    eos = out.tokenizer().eos_token_id
+    stream = out.blocks("train").flatten()
+    assert not ((stream[1:] == eos) & (stream[:-1] == eos)).any(), "a blank line became an example"
+
+
+def test_unloadable_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="tokenizer .*nowhere.*cannot load"):
+        tokenize_dataset(DEFAULT_DATASET, str(tmp_path / "nowhere"), 64, tmp_path / "out")
 
 
 def test_seq_len_too_large(tmp_path):
