@@ -150,6 +150,9 @@ def _looks_local(name: str) -> bool:
 
 
 def _load_local(name: str, path: Path) -> DatasetDict:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    if all(p.stat().st_size == 0 for p in files):  # `datasets` fails on these with no useful message
+        raise DatasetError(f"dataset {name!r} is empty: no file under it has any content")
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = load_from_disk(str(path))
@@ -255,7 +258,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A hub name or local tokenizer folder, with a pad token (EOS where it had none)."""
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as e:  # what transformers raises for a missing folder or an unreachable hub name
+        raise ValueError(f"tokenizer {name!r}: cannot load it: {e}") from e
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name!r} has no EOS token to separate examples with")
     if tokenizer.pad_token is None:
@@ -334,10 +340,11 @@ def tokenize_dataset(
         return TokenizedData(out_dir)
     if seq_len < 1:
         raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+    pretrained = load_tokenizer(tokenizer_name) if tokenizer_name else None  # before the data: fail fast
     splits = load_text_dataset(dataset, seed)
     field = text_field(splits)
     texts = {split: _texts(splits[split], field) for split in ("train", "validation")}
-    tokenizer = train_tokenizer(texts["train"], vocab_size) if tokenizer_name is None else load_tokenizer(tokenizer_name)
+    tokenizer = pretrained or train_tokenizer(texts["train"], vocab_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
@@ -358,7 +365,8 @@ def tokenize_dataset(
 
 
 def _texts(dataset: Dataset, field: str) -> list[str]:
-    return [format_example(row, field) for row in dataset]
+    # Blank rows (wikitext's empty lines, blank lines of a txt file) would only add runs of EOS.
+    return [text for text in (format_example(row, field) for row in dataset) if text.strip()]
 
 
 def _write_blocks(root: Path, texts: dict[str, list[str]], tokenizer, seq_len: int, dataset: str) -> dict[str, Any]:
