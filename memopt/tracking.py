@@ -28,7 +28,8 @@ class RunLogger:
         self.run_id = run_id
         self.flush_every_s = flush_every_s
         self._pending: list[Metric] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        self._flush_lock = threading.Lock()  # one flush at a time: when flush() returns, all is written
         self._stop = threading.Event()
         self._logged_through = self._last_logged_steps()
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
@@ -61,10 +62,12 @@ class RunLogger:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for i in range(0, len(pending), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[i : i + MAX_BATCH])
+        """Send everything queued so far; the training loop calls it before each checkpoint."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for i in range(0, len(pending), MAX_BATCH):
+                self.client.log_batch(self.run_id, metrics=pending[i : i + MAX_BATCH])
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_every_s):

@@ -211,6 +211,7 @@ def train(cfg: TrainConfig) -> None:
                 if done % cfg.eval_every == 0 or done == steps:
                     evaluate(done)
                 if done % cfg.checkpoint_every == 0 or done == steps:
+                    logger.flush()  # metrics up to `done` are stored before the checkpoint that skips them
                     state = {
                         "step": done,
                         "optimizer": optimizer.state_dict(),
