@@ -174,7 +174,13 @@ class BlockLLM(torch.optim.Optimizer):
         mask = rank_and_fill(self.grad_norms, self.visits, self.num_steps, numels, self.budget, self.generator)
         self.selected.copy_(mask)
         self.visits += mask.long()
-        self.state.clear()  # fresh Adam states for the new selection (authors rebuild their inner Adam)
+        # Fresh Adam states for the new selection (authors rebuild their inner Adam), allocated now so
+        # that what is held between steps is a function of the selection alone.
+        self.state.clear()
+        for p, on in zip(self._params, mask.tolist()):
+            if on:
+                self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
         self.loss_history = []
         self.num_selections += 1
         self.selection_pending = False
@@ -229,6 +235,7 @@ class BlockLLM(torch.optim.Optimizer):
         return loss
 
     def _adam(self, indices: list[int]) -> None:
+        # States exist for every selected tensor (allocated at selection, or restored by load_state_dict).
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
@@ -315,7 +322,8 @@ def blockllm_state_bytes(model: nn.Module, sparsity: float, **_: Any) -> int:
     bookkeeping = len(cands) * (1 + 8 + 4)
     if cands and all(p.requires_grad for p in cands):
         budget = int((1.0 - sparsity) * sum(p.numel() for _, p in named))
-        return 2 * budget * cands[0].element_size() + bookkeeping
+        elements = min(budget, sum(p.numel() for p in cands))  # everything fits: all will be selected
+        return 2 * elements * cands[0].element_size() + bookkeeping
     return sum(2 * p.numel() * p.element_size() for p in cands if p.requires_grad) + bookkeeping
 
 

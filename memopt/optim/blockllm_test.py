@@ -105,7 +105,10 @@ def test_reselection_fires_exactly_by_the_patience_rule():
         opt.step(closure)
         if opt.num_selections > n_sel and k > 1:
             fired.append(k)
-            assert len(opt.state) == 0 and opt.loss_history == []  # states reset, history cleared
+            # states reset (fresh zeros for exactly the new selection), history cleared
+            sel = [p for (_, p), on in zip(candidates(model), opt.selected.tolist()) if on]
+            assert set(opt.state) == set(sel) and opt.loss_history == []
+            assert all(s["step"] == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in opt.state.values())
         # reference rule: authors' _should_adjust_parameters
         hist.append(loss)
         if k % 2 == 0 and len(hist) > 3 and sum(hist) / len(hist) < sum(hist[-3:]) / 3:
