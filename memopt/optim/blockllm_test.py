@@ -1,0 +1,192 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from memopt.optim.blockllm import BlockLLM, rank_and_fill
+
+
+class Tiny(nn.Module):
+    """embed 11x8, three 8x8 linears (+bias), lm_head 11x8: 392 elements, 6 candidate tensors."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(11, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+        self.lm_head = nn.Linear(8, 11, bias=False)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.lm_head(h)
+
+
+def make_closure(model, opt, gen, losses=None):
+    """A training-loop closure; `losses` (an iterator) replaces the returned loss value to script the history."""
+    def closure():
+        opt.zero_grad()
+        x = torch.randint(0, 11, (4, 6), generator=gen)
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), torch.roll(x, -1, 1).flatten())
+        loss.backward()
+        return loss if losses is None else torch.tensor(next(losses))
+    return closure
+
+
+def candidates(model):
+    return [(n, p) for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n]
+
+
+def test_first_step_selects_by_gradient_and_updates():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), lr=0.01, sparsity=0.7)
+    assert opt.selection_pending and all(p.requires_grad for _, p in candidates(model))
+    gen = torch.Generator().manual_seed(1)
+    # the gradients the first step will see, computed on a copy with every candidate trainable
+    ref = Tiny()
+    make_closure(ref, torch.optim.SGD(ref.parameters(), lr=0.0), torch.Generator().manual_seed(1))()
+    norms = [p.grad.norm().item() for n, p in candidates(ref)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step(make_closure(model, opt, gen))
+    sel = opt.selected.tolist()
+    budget = int(0.3 * 392)
+    assert opt.budget == budget
+    # greedy fill by ‖g‖ descending
+    used, expect = 0, [False] * 6
+    for i in sorted(range(6), key=lambda i: -norms[i]):
+        if used + candidates(model)[i][1].numel() <= budget:
+            expect[i], used = True, used + candidates(model)[i][1].numel()
+    assert sel == expect
+    for (n, p), on in zip(candidates(model), sel):
+        assert p.requires_grad == on
+        assert (not torch.equal(p.detach(), before[n])) == on  # first step updates exactly the selected
+        assert (p in opt.state) == on
+    for n in ("embed.weight", "lm_head.weight"):
+        p = dict(model.named_parameters())[n]
+        assert not p.requires_grad and p.grad is None and p not in opt.state and torch.equal(p.detach(), before[n])
+
+
+def test_element_budget_holds_and_is_filled():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.6)
+    opt.step(make_closure(model, opt, torch.Generator().manual_seed(2)))
+    numels = [p.numel() for _, p in candidates(model)]
+    chosen = sum(k for k, s in zip(numels, opt.selected.tolist()) if s)
+    left = [k for k, s in zip(numels, opt.selected.tolist()) if not s]
+    assert 0 < chosen <= opt.budget == int(0.4 * 392)
+    assert all(chosen + k > opt.budget for k in left)  # no unselected tensor would still fit
+
+
+def test_rank_by_norm_over_exp_visits():
+    gen = torch.Generator().manual_seed(0)
+    norms = torch.tensor([4.0, 3.0, 2.9, float("nan")])
+    visits = torch.tensor([2, 0, 0, 0])
+    # keys: 4/e^(2/4)=2.43, 3, 2.9, unknown -> order 1, 2, 0, 3
+    assert rank_and_fill(norms, visits, 4, [10, 10, 10, 10], 25, gen).tolist() == [False, True, True, False]
+    # without visits tensor 0 wins
+    assert rank_and_fill(norms, torch.zeros(4, dtype=torch.long), 4, [10, 10, 10, 10], 15, gen).tolist() == [True, False, False, False]
+    # an oversized top tensor is skipped, the rest fill the budget
+    assert rank_and_fill(norms, visits, 4, [10, 30, 10, 10], 25, gen).tolist() == [True, False, True, False]
+    # budget below every tensor: the best one alone
+    assert rank_and_fill(norms, visits, 4, [10, 10, 10, 10], 5, gen).tolist() == [False, True, False, False]
+
+
+def test_reselection_fires_exactly_by_the_patience_rule():
+    torch.manual_seed(3)
+    losses = (torch.rand(40) * 2 + 1).tolist()
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.7, update_freq=2, patience=3, param_update_interval=1000)
+    closure = make_closure(model, opt, torch.Generator().manual_seed(4), iter(losses))
+    fired, expected, hist = [], [], []
+    for k, loss in enumerate(losses, start=1):
+        n_sel = opt.num_selections
+        opt.step(closure)
+        if opt.num_selections > n_sel and k > 1:
+            fired.append(k)
+            # states reset (fresh zeros for exactly the new selection), history cleared
+            sel = [p for (_, p), on in zip(candidates(model), opt.selected.tolist()) if on]
+            assert set(opt.state) == set(sel) and opt.loss_history == []
+            assert all(s["step"] == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in opt.state.values())
+        # reference rule: authors' _should_adjust_parameters
+        hist.append(loss)
+        if k % 2 == 0 and len(hist) > 3 and sum(hist) / len(hist) < sum(hist[-3:]) / 3:
+            expected.append(k)
+            hist = []
+    assert expected and fired == expected
+    assert len(opt.param_groups) == 1
+
+
+def test_visits_count_selections():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.7, update_freq=1, patience=1, param_update_interval=1000)
+    closure = make_closure(model, opt, torch.Generator().manual_seed(5), iter([1.0, 1.0, 2.0]))
+    opt.step(closure)
+    first = opt.selected.clone()
+    opt.step(closure)
+    assert opt.num_selections == 1  # step 2: mean 1.0 is not below the last loss 1.0
+    opt.step(closure)
+    assert opt.num_selections == 2  # step 3: mean 4/3 < 2
+    assert torch.equal(opt.visits, first.long() + opt.selected.long())
+
+
+def test_probe_measures_but_never_updates():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.7, param_update_interval=2, update_freq=1000)
+    closure = make_closure(model, opt, torch.Generator().manual_seed(6))
+    opt.step(closure)
+    opt.step(closure)
+    unselected = (~opt.selected).nonzero().flatten().tolist()
+    opt.grad_norms[unselected] = float("nan")  # forget them, so the probe shows up
+    before = [p.detach().clone() for _, p in candidates(model)]
+    opt.step(closure)  # step 3: previous count 2 is a multiple of 2 -> one probe
+    probed = [i for i in unselected if not math.isnan(opt.grad_norms[i].item())]
+    assert len(probed) == 1
+    i = probed[0]
+    p = candidates(model)[i][1]
+    assert torch.equal(p.detach(), before[i]) and not p.requires_grad and p.grad is None and p not in opt.state
+    opt.step(closure)  # step 4: no probe
+    assert [i for i in unselected if not math.isnan(opt.grad_norms[i].item())] == probed
+
+
+def test_outer_scheduler_lr_is_applied():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), lr=0.01, sparsity=0.7)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.25 if s == 0 else 0.5)
+    before = [p.detach().clone() for _, p in candidates(model)]
+    opt.step(make_closure(model, opt, torch.Generator().manual_seed(7)))
+    sched.step()
+    for (n, p), b, on in zip(candidates(model), before, opt.selected.tolist()):
+        if on:  # Adam's first step moves every element by lr * g/|g| (|g| >> eps here)
+            delta = (p.detach() - b).abs()
+            moved = delta > 0
+            assert moved.any()
+            torch.testing.assert_close(delta[moved], torch.full_like(delta[moved], 0.0025), rtol=1e-3, atol=0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_selects_at_construction_when_gradients_exist():
+    model = Tiny()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p) * p.numel()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.8)
+    assert not opt.selection_pending and opt.num_selections == 1
+    assert sum(p.requires_grad for p in model.parameters()) == int(opt.selected.sum())
+
+
+def test_step_without_closure_is_an_error():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters())
+    with pytest.raises(ValueError, match="closure"):
+        opt.step()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": 1.0}, "0 <= sparsity < 1"), ({"lr": 0.0}, "lr"), ({"update_freq": 0}, "update_freq"),
+    ({"patience": 0}, "patience"), ({"param_update_interval": 0}, "param_update_interval"),
+    ({"betas": (0.9, 1.0)}, "betas"), ({"num_bottom_to_sample": -1}, "num_bottom_to_sample"),
+])
+def test_bad_values_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BlockLLM(Tiny().named_parameters(), **kwargs)

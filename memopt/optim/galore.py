@@ -1,0 +1,308 @@
+"""GaLore-AdamW (arXiv 2403.03507): Adam moments in a rank-r subspace of each 2-D gradient.
+
+Drop-in for the authors' `galore_torch.GaLoreAdamW`: param groups that carry `rank`
+are projected with their `update_proj_gap`, `scale` and `proj_type`; every other
+group gets plain AdamW inside the same optimizer. What follows the authors' code
+(checked against galore-torch 1.0, see galore_test.py):
+
+- Adam is theirs (transformers-style): denom = sqrt(v) + eps with eps *not* bias
+  corrected, step_size = lr * sqrt(1 - b2^t) / (1 - b1^t), default eps 1e-6.
+- The per-tensor step counter is read *before* it moves: projector SVDs happen at
+  steps 0, T, 2T, ...
+- The update is W -= step_size * scale * project_back(m / denom), then decoupled
+  weight decay W -= lr * wd * W at full rank, after the update, for all groups.
+- Moments are neither reset nor re-projected at a refresh (authors' issue 54).
+
+What differs, on purpose:
+- The projector is a plain tensor in `state` (`proj`, or `proj_left`/`proj_right`
+  for `full`), a copy of the SVD slice, so checkpoints load with
+  `torch.load(weights_only=True)` and the full SVD factor is not kept alive (the
+  authors keep a view of Vh/U, which pins the whole factor for fp32 weights).
+- The projector side is fixed by `proj_type` and the weight's shape, not guessed
+  again from the low-rank gradient's shape in `project_back`.
+- Options (off by default, as in the authors' code): `reset_state_on_refresh`
+  zeroes the moments and restarts their bias correction at every refresh after the
+  first; `full_rank_warmup_steps` = K runs plain AdamW on projected weights for K
+  steps, then drops the full moments and projects, refreshing when (step-K) % T == 0.
+- Plain tensors and the moment updates run on torch's foreach kernels; the
+  project-back is fused into the weight with `addmm_` (no m x n temporary).
+
+State per projected m x n weight (bytes = elements * element size), r = rank:
+  std:         2*r*max(m,n) + r*min(m,n)      reverse_std: 2*r*min(m,n) + r*max(m,n)
+  right:       2*m*r + r*n                    left:        2*r*n + m*r
+  full:        2*r*r + r*(m+n)
+plus 2*numel per plain tensor. Step counters are Python ints (no tensor bytes).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from memopt.optim.registry import MethodSpec, register
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+
+
+def projector_side(proj_type: str, m: int, n: int) -> str:
+    """Which projector a m x n weight gets: 'left' (P m x r), 'right' (P r x n) or 'full' (both)."""
+    if proj_type == "std":
+        return "right" if m >= n else "left"
+    if proj_type == "reverse_std":
+        return "left" if m >= n else "right"
+    return proj_type
+
+
+def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
+    """Elements held for one projected weight: two moments plus the projector(s)."""
+    side = projector_side(proj_type, m, n)
+    if side == "right":
+        return 2 * m * rank + rank * n
+    if side == "left":
+        return 2 * rank * n + m * rank
+    return 2 * rank * rank + rank * (m + n)
+
+
+def _check_range(ok: bool, what: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid {what}: {value!r}; valid: {valid}")
+
+
+def check_adam_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    _check_range(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
+    _check_range(len(tuple(betas)) == 2, "betas", betas, "a pair (beta1, beta2) in [0, 1)")
+    for i, b in enumerate(betas):
+        _check_range(0.0 <= b < 1.0, f"betas[{i}]", b, "0 <= beta < 1")
+    _check_range(eps >= 0.0, "eps", eps, "eps >= 0")
+    _check_range(weight_decay >= 0.0, "weight_decay", weight_decay, "weight_decay >= 0")
+
+
+def check_galore_args(
+    rank: int, update_proj_gap: int, scale: float, proj_type: str, full_rank_warmup_steps: int,
+    reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (),
+) -> None:
+    _check_range(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, "rank", rank, "an int >= 1")
+    for shape in shapes:
+        _check_range(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
+        _check_range(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
+    _check_range(isinstance(update_proj_gap, int) and update_proj_gap >= 1, "update_proj_gap", update_proj_gap, "an int >= 1")
+    _check_range(isinstance(scale, (int, float)) and scale > 0, "scale", scale, "a number > 0")
+    _check_range(proj_type in PROJ_TYPES, "proj_type", proj_type, ", ".join(PROJ_TYPES))
+    _check_range(isinstance(full_rank_warmup_steps, int) and full_rank_warmup_steps >= 0,
+                 "full_rank_warmup_steps", full_rank_warmup_steps, "an int >= 0")
+    _check_range(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
+
+
+class GaLoreAdamW(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        update_proj_gap: int = 200,
+        scale: float = 0.25,
+        proj_type: str = "std",
+        reset_state_on_refresh: bool = False,
+        full_rank_warmup_steps: int = 0,
+    ) -> None:
+        check_adam_args(lr, betas, eps, weight_decay)
+        check_galore_args(1, update_proj_gap, scale, proj_type, full_rank_warmup_steps, reset_state_on_refresh)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
+            scale=scale, proj_type=proj_type, reset_state_on_refresh=reset_state_on_refresh,
+            full_rank_warmup_steps=full_rank_warmup_steps,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]  # defaults are filled in now; check every group, also later ones
+        check_adam_args(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+        if g.get("rank") is not None:
+            check_galore_args(g["rank"], g["update_proj_gap"], g["scale"], g["proj_type"], g["full_rank_warmup_steps"],
+                              g["reset_state_on_refresh"], [tuple(p.shape) for p in g["params"]])
+
+    # --- projection -------------------------------------------------------------------------
+    def _refresh(self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        r = group["rank"]
+        u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+        side = projector_side(group["proj_type"], *grad.shape)
+        # .to(copy=True): own storage of exactly the slice, not a view pinning the whole factor.
+        new = {}
+        if side in ("left", "full"):
+            new["proj_left" if side == "full" else "proj"] = u[:, :r].to(grad.dtype, copy=True)
+        if side in ("right", "full"):
+            new["proj_right" if side == "full" else "proj"] = vh[:r, :].to(grad.dtype, copy=True)
+        for key, value in new.items():
+            if key in state:
+                state[key].copy_(value)  # reuse the tensor held since the last refresh
+            else:
+                state[key] = value
+
+    @staticmethod
+    def _project(grad: torch.Tensor, state: dict[str, Any], side: str) -> torch.Tensor:
+        if side == "right":
+            return grad @ state["proj"].t()
+        if side == "left":
+            return state["proj"].t() @ grad
+        return state["proj_left"].t() @ grad @ state["proj_right"].t()
+
+    @staticmethod
+    def _apply_back(p: torch.Tensor, n: torch.Tensor, state: dict[str, Any], side: str, alpha: float) -> None:
+        # W += alpha * project_back(N), fused: no m x n temporary.
+        if side == "right":
+            p.addmm_(n, state["proj"], alpha=alpha)
+        elif side == "left":
+            p.addmm_(state["proj"], n, alpha=alpha)
+        else:
+            p.addmm_(state["proj_left"] @ n, state["proj_right"], alpha=alpha)
+
+    # --- step -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._group_step(group)
+        return loss
+
+    def _group_step(self, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        rank = group.get("rank")
+        params, grads, exp_avgs, exp_avg_sqs, step_sizes = [], [], [], [], []
+        low_rank: list[tuple[torch.Tensor, dict[str, Any], str, int]] = []  # (param, state, side, index)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("GaLoreAdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # drives the refresh schedule, read before it moves (authors' order)
+                state["moment_step"] = 0  # drives bias correction; restarts when moments are reset
+            grad = p.grad
+            side = None
+            if rank is not None and state["step"] >= group["full_rank_warmup_steps"]:
+                side = projector_side(group["proj_type"], *p.shape)
+                since = state["step"] - group["full_rank_warmup_steps"]
+                if since % group["update_proj_gap"] == 0:
+                    self._refresh(grad, state, group)
+                    if since > 0 and group["reset_state_on_refresh"]:
+                        state["exp_avg"].zero_()
+                        state["exp_avg_sq"].zero_()
+                        state["moment_step"] = 0
+                grad = self._project(grad, state, side)
+            if "exp_avg" not in state or state["exp_avg"].shape != grad.shape:
+                # first step, or the switch from full-rank warm-up to the projected shape
+                state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                state["moment_step"] = 0
+            state["step"] += 1
+            state["moment_step"] += 1
+            t = state["moment_step"]
+            step_sizes.append(lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
+            if side is not None:
+                low_rank.append((p, state, side, len(grads)))
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+        if not params:
+            return
+        # Same op sequence as the authors' Adam, vectorized over the group.
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denoms, eps)
+        projected = {i for _, _, _, i in low_rank}
+        full = [i for i in range(len(params)) if i not in projected]
+        if full:
+            torch._foreach_addcdiv_([params[i] for i in full], [exp_avgs[i] for i in full], [denoms[i] for i in full],
+                                    [-step_sizes[i] for i in full])
+        for p, state, side, i in low_rank:
+            self._apply_back(p, exp_avgs[i] / denoms[i], state, side, -step_sizes[i] * group["scale"])
+        if wd > 0.0:
+            torch._foreach_add_(params, params, alpha=-lr * wd)  # decoupled, full rank, after the update
+
+
+def galore_param_groups(
+    model: nn.Module,
+    rank: int,
+    update_proj_gap: int = 200,
+    scale: float = 0.25,
+    proj_type: str = "std",
+    reset_state_on_refresh: bool = False,
+    full_rank_warmup_steps: int = 0,
+    targets: tuple[str, ...] = ("attn", "mlp"),
+) -> list[dict[str, Any]]:
+    """Two groups: 2-D weights of nn.Linear modules named like `targets` (projected), and the rest."""
+    projected_ids: set[int] = set()
+    projected: list[nn.Parameter] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(t in name for t in targets):
+            w = module.weight
+            if w.requires_grad and w.dim() == 2 and id(w) not in projected_ids:
+                projected_ids.add(id(w))
+                projected.append(w)
+    plain = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
+    groups: list[dict[str, Any]] = []
+    if plain:
+        groups.append({"params": plain})
+    if projected:
+        groups.append({
+            "params": projected, "rank": rank, "update_proj_gap": update_proj_gap, "scale": scale,
+            "proj_type": proj_type, "reset_state_on_refresh": reset_state_on_refresh,
+            "full_rank_warmup_steps": full_rank_warmup_steps,
+        })
+    return groups
+
+
+# --- registry -------------------------------------------------------------------------------
+def build_galore(
+    model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
+    betas: tuple[float, float], eps: float, weight_decay: float, reset_state_on_refresh: bool,
+    full_rank_warmup_steps: int,
+) -> GaLoreAdamW:
+    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh, full_rank_warmup_steps)
+    return GaLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
+                       scale=scale, proj_type=proj_type, reset_state_on_refresh=reset_state_on_refresh,
+                       full_rank_warmup_steps=full_rank_warmup_steps)
+
+
+def galore_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -> int:
+    """Bytes held between steps once past any full-rank warm-up (formula in the module docstring)."""
+    total = 0
+    for group in galore_param_groups(model, rank, proj_type=proj_type):
+        for p in group["params"]:
+            if "rank" in group:
+                check_galore_args(rank, hp.get("update_proj_gap", 200), hp.get("scale", 0.25), proj_type,
+                                  hp.get("full_rank_warmup_steps", 0), hp.get("reset_state_on_refresh", False), [tuple(p.shape)])
+                total += projected_state_elements(p.shape[0], p.shape[1], rank, proj_type) * p.element_size()
+            else:
+                total += 2 * p.numel() * p.element_size()
+    return total
+
+
+GALORE = register(
+    MethodSpec(
+        name="galore",
+        builder=build_galore,
+        state_bytes=galore_state_bytes,
+        defaults={
+            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
+            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "reset_state_on_refresh": False,
+            "full_rank_warmup_steps": 0,
+        },
+        summary="GaLore-AdamW: Adam moments in a rank-r SVD subspace of attention/MLP gradients, refreshed every T steps",
+        paper="arXiv 2403.03507",
+    )
+)
