@@ -1,5 +1,6 @@
 """Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here."""
 from memopt.optim import adamw  # noqa: F401  (registers "adamw")
+from memopt.optim import apollo  # noqa: F401  (registers "apollo", "apollo-mini")
 from memopt.optim import spam  # noqa: F401  (registers "spam", "stable-spam")
 from memopt.optim.registry import MethodSpec, build, expected_state_bytes, hyperparameters, methods, register, spec
 

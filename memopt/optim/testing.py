@@ -39,6 +39,7 @@ def loss_of(model: nn.Module, step: int, vocab: int = 16) -> torch.Tensor:
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, vocab: int = 16) -> None:
     for s in steps:
+        @torch.enable_grad()  # some reference optimizers call the closure under no_grad
         def closure(s=s):
             opt.zero_grad()
             loss = loss_of(model, s, vocab)
