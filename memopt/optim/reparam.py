@@ -142,7 +142,7 @@ def build_low_rank(model, lr, betas, eps, weight_decay, rank, alpha):
     return _adamw(_trainable(model), lr, betas, eps, weight_decay)
 
 
-def planned_trainables(model: nn.Module, rank: int, density: float = 0.0, frozen_weight: bool = False):
+def planned_trainables(model: nn.Module, rank: int, density: float = 0.0):
     """(numel, element size) of every trainable tensor once the targets are replaced
     (works on the model before or after the builder ran)."""
     out, seen = [], set()
@@ -264,7 +264,7 @@ def build_relora(model, lr, betas, eps, weight_decay, rank, alpha, relora_steps,
 
 
 def relora_state_bytes(model, rank, **_):
-    return adamw_bytes(planned_trainables(model, rank, frozen_weight=True))
+    return adamw_bytes(planned_trainables(model, rank))  # the frozen W holds no state
 
 
 _ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}

@@ -176,5 +176,5 @@ def test_llama_micro_trains_with_each():
         model = build_model("llama-micro", vocab_size=64)
         opt = build(name, model, rank=4, lr=1e-2)
         first = loss_of(model, 0, 64).item()
-        train(model, opt, [0] * 8, 64)
+        train(model, opt, [0] * 5, 64)
         assert loss_of(model, 0, 64).item() < first, name
