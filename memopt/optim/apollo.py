@@ -1,0 +1,203 @@
+"""APOLLO and APOLLO-Mini (arXiv 2412.05270; authors' package `apollo-torch`).
+
+Adam moments live in a rank-r random-projection space; the Adam direction N
+there only yields a scaling factor ‖N‖/‖R‖ (per channel, or per tensor for
+Mini) that multiplies the raw full-rank gradient. No SVD.
+
+Facts matched to the authors' `apollo_torch.APOLLOAdamW` (a differential test
+checks it): a projected weight's seed is its 1-based index over all params of
+all groups in order (plus `seed`, default 0); the projector is
+randn(shape, Generator.manual_seed(seed)) / √r, drawn at steps 0, T, 2T, ...
+(T = update_proj_gap), after which the seed advances to the 15th int64 drawn
+from a generator seeded with it; "std" projects from the right (R = G·Pᵀ,
+P r×n) when m ≥ n, else from the left (R = Pᵀ·G, P m×r); moments are never
+reset at a refresh; eps is added to √v and bias correction goes into the step
+size (HF AdamW); the Fira norm-growth limiter caps the scaled gradient's norm
+growth at 1.01×/step; the update is multiplied by √scale (after the limiter,
+or before it with scale_front, which the authors' Mini scripts use); weight
+decay p -= lr·wd·p after the update. Unprojected params get the same HF AdamW.
+
+The authors keep the projector matrix in state (r·min(m,n) elements); the paper
+notes it is regenerable from its seed: `regenerate_projector=True` keeps only
+the seed and redraws the matrix every step (memory for compute).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memopt.optim.registry import MethodSpec, register
+from memopt.optim.targets import check, split_params
+
+_SEED_ADVANCE = 15
+
+
+def next_seed(seed: int) -> int:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, torch.iinfo(torch.int64).max, (_SEED_ADVANCE,), generator=g).tolist()[-1]
+
+
+def projector(shape: tuple[int, int], rank: int, seed: int, dtype, device) -> torch.Tensor:
+    """(r×n) right projector when m ≥ n, else (m×r) left one; Gaussian / √r."""
+    m, n = shape
+    size = (rank, n) if m >= n else (m, rank)
+    g = torch.Generator(device=device).manual_seed(seed)
+    return (torch.randn(size, generator=g, device=device, dtype=torch.float32) / math.sqrt(rank)).to(dtype)
+
+
+class APOLLO(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 scale_front: bool = False, disable_nl: bool = False, seed: int = 0,
+                 regenerate_projector: bool = False):
+        check("lr", lr, 0.0, math.inf)
+        check("betas[0]", betas[0], 0.0, 1.0)
+        check("betas[1]", betas[1], 0.0, 1.0)
+        check("eps", eps, 0.0, math.inf)
+        check("weight_decay", weight_decay, 0.0, math.inf)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scale_front=bool(scale_front),
+                        disable_nl=bool(disable_nl), regenerate_projector=bool(regenerate_projector))
+        super().__init__(params, defaults)
+        index = 0
+        for group in self.param_groups:
+            if "rank" in group:
+                group.setdefault("update_proj_gap", 200)
+                group.setdefault("scale", 1.0)
+                group.setdefault("scale_type", "channel")
+                group.setdefault("proj_type", "std")
+                check("rank", group["rank"], 1, math.inf)
+                check("update_proj_gap", group["update_proj_gap"], 1, math.inf)
+                check("scale", group["scale"], 0.0, math.inf, lo_open=True)
+                if group["scale_type"] not in ("channel", "tensor"):
+                    raise ValueError(f"scale_type must be 'channel' or 'tensor', got {group['scale_type']!r}")
+                if group["proj_type"] != "std":
+                    raise ValueError(f"proj_type must be 'std', got {group['proj_type']!r}")
+                if any(p.dim() != 2 for p in group["params"]):
+                    raise ValueError("groups with a rank must hold 2-D weights only")
+            for p in group["params"]:
+                index += 1
+                if p.requires_grad:
+                    self.state[p]["seed"] = int(seed) + index  # eager, like the authors: the param order fixes it
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                if "rank" in group:
+                    self._apollo_update(p, state, group)
+                else:
+                    self._adam_update(p, p.grad, state, group)
+        return loss
+
+    @staticmethod
+    def _moments(p, grad, state, group) -> torch.Tensor:
+        """Update the moments with `grad`, return the (un-bias-corrected) Adam direction."""
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(grad)
+            state["exp_avg_sq"] = torch.zeros_like(grad)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        return state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"])
+
+    @staticmethod
+    def _apply(p, direction, state, group) -> None:
+        beta1, beta2 = group["betas"]
+        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+        p.add_(direction, alpha=-step_size)
+        if group["weight_decay"] > 0.0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    def _adam_update(self, p, grad, state, group) -> None:
+        self._apply(p, self._moments(p, grad, state, group), state, group)
+
+    def _projector(self, p, state, group) -> torch.Tensor:
+        shape, rank, regen = tuple(p.shape), group["rank"], group["regenerate_projector"]
+        if state["step"] % group["update_proj_gap"] == 0 or ("proj" not in state and "proj_seed" not in state):
+            state["proj_seed"] = state["seed"]
+            state["seed"] = next_seed(state["seed"])
+            if not regen:
+                state["proj"] = projector(shape, rank, state["proj_seed"], p.grad.dtype, p.device)
+                return state["proj"]
+        if regen:
+            return projector(shape, rank, state["proj_seed"], p.grad.dtype, p.device)
+        return state["proj"]
+
+    def _apollo_update(self, p, state, group) -> None:
+        grad = p.grad
+        m, n = grad.shape
+        proj = self._projector(p, state, group)
+        low = grad @ proj.t() if m >= n else proj.t() @ grad
+        direction = self._moments(p, low, state, group)
+        if group["scale_type"] == "channel":
+            dim = 1 if m >= n else 0  # reduce over the rank axis: one factor per row (m ≥ n) or column
+            factor = direction.norm(dim=dim) / (low.norm(dim=dim) + 1e-8)
+            if dim == 1:
+                factor = factor.unsqueeze(1)
+        else:
+            factor = direction.norm() / (low.norm() + 1e-8)
+        update = grad * factor
+        root_scale = math.sqrt(group["scale"])
+        if group["scale_front"]:
+            update = update * root_scale
+        if not group["disable_nl"]:
+            norm = update.norm()
+            if "scaled_grad" in state:
+                limiter = max(norm / (state["scaled_grad"] + 1e-8), 1.01) / 1.01
+                update = update / limiter
+                state["scaled_grad"] = norm / limiter
+            else:
+                state["scaled_grad"] = norm
+        if not group["scale_front"]:
+            update = update * root_scale
+        self._apply(p, update, state, group)
+
+
+# ---- registry ----
+
+def build_apollo(model: nn.Module, lr, betas, eps, weight_decay, rank, update_proj_gap, scale, scale_type,
+                 scale_front, disable_nl, seed, regenerate_projector) -> APOLLO:
+    targets, rest = split_params(model)
+    groups = [{"params": rest}, {"params": targets, "rank": rank, "update_proj_gap": update_proj_gap,
+                                 "scale": scale, "scale_type": scale_type, "proj_type": "std"}]
+    return APOLLO([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                  scale_front=scale_front, disable_nl=disable_nl, seed=seed,
+                  regenerate_projector=regenerate_projector)
+
+
+def apollo_state_bytes(model: nn.Module, rank: int, disable_nl: bool, regenerate_projector: bool, **_) -> int:
+    targets, rest = split_params(model)
+    total = sum(2 * p.numel() * p.element_size() for p in rest)
+    for p in targets:
+        big, small = max(p.shape), min(p.shape)
+        total += 2 * rank * big * p.element_size()  # moments, rank × max(m, n)
+        total += 0 if regenerate_projector else rank * small * p.element_size()
+        total += 0 if disable_nl else p.element_size()  # the limiter's previous norm (0-d)
+    return total
+
+
+_COMMON = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "update_proj_gap": 200,
+           "disable_nl": False, "seed": 0, "regenerate_projector": False}
+register(MethodSpec(
+    name="apollo", builder=build_apollo, state_bytes=apollo_state_bytes,
+    defaults={**_COMMON, "rank": 256, "scale": 1.0, "scale_type": "channel", "scale_front": False},
+    summary="Adam moments in a seeded rank-r random projection give per-channel scales ‖N‖/‖R‖ for the raw "
+            "gradient; norm-growth limiter",
+    paper="arXiv 2412.05270",
+))
+register(MethodSpec(
+    name="apollo-mini", builder=build_apollo, state_bytes=apollo_state_bytes,
+    defaults={**_COMMON, "rank": 1, "scale": 128.0, "scale_type": "tensor", "scale_front": True},
+    summary="APOLLO at rank 1 with one scale per tensor, scale 128 (SGD-like memory)",
+    paper="arXiv 2412.05270",
+))

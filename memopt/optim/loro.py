@@ -1,0 +1,178 @@
+"""LoRO (arXiv 2410.11773; authors' repo mzf666/LORO-main, `loro_torch/loro_optim.py`).
+
+Each target W is kept as W = M·Nᵀ (M out×r, N in×r, xavier-normal init, no α/r).
+Both factors get Adam-normalized directions dM, dN (HF AdamW style: eps on √v,
+bias correction in the step size s). Every step t (1-based):
+- t % K != 0, cheap step: M -= s·c·dM, N -= s·c·dN, then decay M -= s·wd·M, with
+  c = `lr_scaler` (authors' -1: r / max(shape), per factor);
+- t % K == 0, exact step: QR both factors (M = U·Rm, N = V·Rn), recover
+  G·V = dM·Rn⁻¹ and Uᵀ·G = Rm⁻ᵀ·dNᵀ, project G on the tangent space of the rank-r
+  manifold at W, and retract W − s·P_T(G) onto it through the SVD of a 2r×2r core
+  (truncated to r, split as √Σ into both factors); then, with `refresh`="all"
+  (authors' scripts), every Adam state of the optimizer is zeroed.
+Other params get the same HF AdamW. The authors pick the exact step in the
+training loop (`step(use_exact_loro=...)`); here the optimizer counts steps itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memopt.optim.registry import MethodSpec, register
+from memopt.optim.reparam import planned_trainables, reparameterize
+from memopt.optim.targets import check, target_linears
+
+
+class LoROLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = linear.in_features, linear.out_features, rank
+        dev, dt = linear.weight.device, linear.weight.dtype
+        self.weight_out = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.out_features, rank, device=dev, dtype=dt)))
+        self.weight_in = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.in_features, rank, device=dev, dtype=dt)))
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight_out @ self.weight_in.t()
+
+    def forward(self, x):
+        y = (x @ self.weight_in) @ self.weight_out.t()
+        return y if self.bias is None else y + self.bias
+
+
+def exact_step(M: torch.Tensor, N: torch.Tensor, dM: torch.Tensor, dN: torch.Tensor, lr: float):
+    """Riemannian step + retraction on the rank-r manifold; returns new (M, N)."""
+    dtype, r = M.dtype, M.shape[1]
+    M, N, dM, dN = M.float(), N.float(), dM.float(), dN.float()
+    U, Rm = torch.linalg.qr(M)
+    V, Rn = torch.linalg.qr(N)
+    GV = torch.linalg.solve(Rn.t(), dM.t()).t()  # G·V   (out×r)
+    UtG = torch.linalg.solve(Rm.t(), dN.t())  # Uᵀ·G  (r×in)
+    K0 = UtG @ V
+    Q1, K1 = torch.linalg.qr((UtG - UtG @ V @ V.t()).t())
+    Q2, K2 = torch.linalg.qr(GV - U @ (U.t() @ GV))
+    core = torch.zeros(2 * r, 2 * r, dtype=M.dtype, device=M.device)
+    core[:r, :r] = Rm @ Rn.t() - lr * K0
+    core[:r, r:] = -lr * K1.t()
+    core[r:, :r] = -lr * K2
+    Us, S, Vh = torch.linalg.svd(core)
+    root = S[:r].sqrt()
+    M_new = torch.cat([U, Q2], dim=1) @ (Us[:, :r] * root)
+    N_new = torch.cat([V, Q1], dim=1) @ (Vh[:r].t() * root)
+    return M_new.to(dtype), N_new.to(dtype)
+
+
+class LoRO(torch.optim.Optimizer):
+    """Groups with `loro=True` hold (M, N) pairs in order: [M1, N1, M2, N2, ...]."""
+
+    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 exact_every: int = 500, lr_scaler: float = -1.0, refresh: str | None = "all"):
+        check("lr", lr, 0.0, math.inf)
+        check("betas[0]", betas[0], 0.0, 1.0)
+        check("betas[1]", betas[1], 0.0, 1.0)
+        check("eps", eps, 0.0, math.inf)
+        check("weight_decay", weight_decay, 0.0, math.inf)
+        check("exact_every", exact_every, 1, math.inf)
+        if refresh not in (None, "all", "lrk", "reg"):
+            raise ValueError(f"refresh must be one of None, 'all', 'lrk', 'reg', got {refresh!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, exact_every=int(exact_every),
+                        lr_scaler=lr_scaler, refresh=refresh, loro=False, t=0)
+        super().__init__(params, defaults)
+        for g in self.param_groups:
+            if g["loro"] and len(g["params"]) % 2:
+                raise ValueError("a loro group must hold (M, N) pairs")
+
+    def _direction(self, p, group) -> tuple[torch.Tensor, float]:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1.0 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+        size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+        return state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"]), size
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        exact_any = False
+        for group in self.param_groups:
+            group["t"] += 1
+            exact = group["t"] % group["exact_every"] == 0
+            if not group["loro"]:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        d, size = self._direction(p, group)
+                        p.add_(d, alpha=-size)
+                        if group["weight_decay"] > 0:
+                            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+                continue
+            ps = group["params"]
+            for M, N in zip(ps[0::2], ps[1::2]):
+                if M.grad is None or N.grad is None:
+                    continue
+                (dM, size), (dN, _) = self._direction(M, group), self._direction(N, group)
+                if exact:
+                    exact_any = True
+                    M_new, N_new = exact_step(M, N, dM, dN, size)
+                    M.copy_(M_new)
+                    N.copy_(N_new)
+                    continue
+                for p, d in ((M, dM), (N, dN)):
+                    c = group["lr_scaler"] if group["lr_scaler"] >= 0 else min(p.shape) / max(p.shape)
+                    p.add_(d, alpha=-size * c)
+                    if group["weight_decay"] > 0:
+                        p.add_(p, alpha=-size * group["weight_decay"])
+        if exact_any:
+            self._refresh()
+        return loss
+
+    def _refresh(self) -> None:
+        mode = self.param_groups[0]["refresh"]
+        if mode is None:
+            return
+        for group in self.param_groups:
+            if mode == "all" or (mode == "lrk") == group["loro"]:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state:
+                        state["step"] = 0
+                        state["exp_avg"].zero_()
+                        state["exp_avg_sq"].zero_()
+
+
+def build_loro(model, lr, betas, eps, weight_decay, rank, exact_every, lr_scaler, refresh):
+    check("rank", rank, 1, math.inf)
+    for _, lin in target_linears(model):
+        if rank > min(lin.in_features, lin.out_features):
+            raise ValueError(f"rank must be in [1, {min(lin.in_features, lin.out_features)}] for LoRO, got {rank}")
+    modules = reparameterize(model, lambda i, n, lin: LoROLinear(lin, rank))
+    pairs = [p for m in modules for p in (m.weight_out, m.weight_in)]
+    ids = {id(p) for p in pairs}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": rest}, {"params": pairs, "loro": True}]
+    return LoRO([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                exact_every=exact_every, lr_scaler=lr_scaler, refresh=refresh)
+
+
+def loro_state_bytes(model, rank, **_):
+    # two moments per element; step counts are Python ints
+    return sum(2 * n * el for n, el in planned_trainables(model, rank))
+
+
+register(MethodSpec(
+    name="loro", builder=build_loro, state_bytes=loro_state_bytes,
+    defaults={"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rank": 128,
+              "exact_every": 500, "lr_scaler": -1.0, "refresh": "all"},
+    summary="W = M·Nᵀ moved along the Riemannian gradient of the rank-r manifold: exact retraction every K steps "
+            "(then states reset), cheap scaled factor steps between",
+    paper="arXiv 2410.11773",
+))

@@ -1,0 +1,180 @@
+import pytest
+import torch
+
+from memopt.models import build_model
+from memopt.optim import build, expected_state_bytes
+from memopt.optim import loro as loro_mod
+from memopt.optim.loro import LoROLinear, exact_step
+from memopt.optim.reparam import LowRankLinear, SparseLowRankLinear, magnitude_prune, merged_state_dict
+from memopt.optim.testing import Tiny, loss_of, resume_matches, state_bytes, train
+
+X = torch.randn(3, 8)
+
+
+def test_low_rank_forward_is_BA_scaled():
+    model = Tiny()
+    build("low-rank", model, rank=2, alpha=32.0)
+    m = model.attn
+    assert isinstance(m, LowRankLinear) and m.lora_A.shape == (2, 8) and m.lora_B.shape == (12, 2)
+    expected = X @ (m.lora_B @ m.lora_A * 16.0).t()
+    torch.testing.assert_close(m(X), expected)
+    assert not hasattr(model.attn, "weight") or model.attn.weight is None
+
+
+@pytest.mark.parametrize("name", ["low-rank", "sltrain", "relora", "loro"])
+def test_merged_state_dict_loads_into_dense_model(name):
+    model = Tiny()
+    build(name, model, rank=2)
+    dense = Tiny(seed=5)
+    dense.load_state_dict(merged_state_dict(model))  # strict: same keys and shapes as the plain model
+    x = torch.randint(0, 16, (2, 5))
+    torch.testing.assert_close(dense(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sltrain_support_fixed_and_sized():
+    model = Tiny()
+    opt = build("sltrain", model, rank=2, density=0.25, seed=3)
+    m = model.mlp
+    assert isinstance(m, SparseLowRankLinear)
+    assert m.sparse_index.numel() == int(0.25 * 8 * 12) == m.sparse_value.numel()
+    assert m.sparse_index.unique().numel() == m.sparse_index.numel()
+    index0, values0 = m.sparse_index.clone(), m.sparse_value.detach().clone()
+    train(model, opt, range(3))
+    assert torch.equal(m.sparse_index, index0) and not torch.equal(m.sparse_value, values0)
+    w = m.dense_weight().detach() - m.low_rank().detach()
+    support = torch.zeros(96, dtype=torch.bool)
+    support[index0] = True
+    assert torch.all(w.flatten()[~support] == 0)
+    again = Tiny()
+    build("sltrain", again, rank=2, density=0.25, seed=3)
+    assert torch.equal(again.mlp.sparse_index, index0)  # support comes from the seed
+
+
+def test_relora_merge_preserves_function_resets_and_prunes():
+    model = Tiny()
+    opt = build("relora", model, rank=2, relora_steps=3, restart_warmup_steps=2, prune_ratio=0.5)
+    m = model.attn
+    train(model, opt, range(2))
+    assert not torch.all(m.lora_B == 0)
+    w0 = m.weight.detach().clone()
+    merged = m.dense_weight().detach().clone()
+    x = torch.randint(0, 16, (2, 5))
+    # step 3 = the merge: capture the function right after the update, before the merge
+    captured = {}
+    orig = opt.merge_and_reset
+
+    def spy(n):
+        captured["out"] = model(x).detach().clone()
+        captured["dense"] = m.dense_weight().detach().clone()
+        captured["m"] = opt.state[m.lora_A]["exp_avg"].clone()
+        orig(n)
+    opt.merge_and_reset = spy
+    train(model, opt, range(2, 3))
+    torch.testing.assert_close(model(x), captured["out"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(m.weight.detach(), captured["dense"], rtol=1e-6, atol=1e-6)
+    assert not torch.equal(m.weight.detach(), w0) and not torch.equal(captured["dense"], merged)
+    assert torch.all(m.lora_B == 0) and not torch.all(m.lora_A == 0)
+    pruned = opt.state[m.lora_A]["exp_avg"]
+    assert (pruned == 0).sum() >= pruned.numel() // 2
+    kept = pruned != 0
+    assert torch.equal(pruned[kept], captured["m"][kept])
+    assert captured["m"].abs()[kept].min() >= captured["m"].abs()[~kept].max()
+
+
+def test_relora_jagged_lr_restart():
+    model = Tiny()
+    opt = build("relora", model, rank=2, relora_steps=4, restart_warmup_steps=2)
+    assert [opt.lr_factor(t) for t in range(1, 11)] == [1, 1, 1, 1, 0.0, 0.5, 1, 1, 0.0, 0.5]
+    # the lr the group really used: first step after a merge does not move the params
+    train(model, opt, range(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, opt, range(4, 5))
+    after = model.state_dict()
+    assert torch.equal(before["embed.weight"], after["embed.weight"])
+    assert opt.param_groups[0]["lr"] == 1e-3  # restored for the outer scheduler
+
+
+def test_magnitude_prune_quantile():
+    t = torch.tensor([0.1, -0.5, 0.3, -0.05, 0.9, 0.2, -0.7, 0.6, 0.01, 0.4])
+    assert torch.equal(magnitude_prune(t, 0.9) != 0, t.abs() > torch.quantile(t.abs(), 0.9))
+    assert int((magnitude_prune(t, 0.5) != 0).sum()) == 5
+
+
+def test_loro_exact_step_every_k(monkeypatch):
+    calls = []
+    real = loro_mod.exact_step
+
+    def spy(*a):
+        calls.append(opt.param_groups[1]["t"])
+        return real(*a)
+    monkeypatch.setattr(loro_mod, "exact_step", spy)
+    model = Tiny()
+    opt = build("loro", model, rank=2, exact_every=3)
+    train(model, opt, range(7))
+    assert sorted(set(calls)) == [3, 6] and len(calls) == 2 * 2  # two LoRO modules
+    assert opt.state[model.attn.weight_in]["step"] == 1  # refreshed after step 6, one step since
+    assert opt.state[model.embed.weight]["step"] == 1  # refresh "all" covers the regular group too
+
+
+def test_loro_exact_step_is_truncated_tangent_step():
+    torch.manual_seed(0)
+    M, N, G = torch.randn(7, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    lr = 0.1
+    M_new, N_new = exact_step(M, N, G @ N, G.t() @ M, lr)
+    U, _ = torch.linalg.qr(M)
+    V, _ = torch.linalg.qr(N)
+    PU, PV = U @ U.t(), V @ V.t()
+    tangent = PU @ G + G @ PV - PU @ G @ PV
+    u, s, vh = torch.linalg.svd(M @ N.t() - lr * tangent)
+    best = u[:, :2] @ torch.diag(s[:2]) @ vh[:2]
+    torch.testing.assert_close(M_new @ N_new.t(), best, rtol=1e-5, atol=1e-5)  # computed in fp32
+
+
+def test_loro_cheap_step_scaled():
+    lin = torch.nn.Linear(8, 12, bias=False)
+    m = LoROLinear(lin, 2)
+    opt = loro_mod.LoRO([{"params": [m.weight_out, m.weight_in], "loro": True}], lr=0.1, exact_every=100)
+    M0 = m.weight_out.detach().clone()
+    m.weight_out.grad, m.weight_in.grad = torch.ones(12, 2), torch.ones(8, 2)
+    opt.step()
+    # first Adam step: direction ≈ sign(g), step size lr; scaler r / max(shape) = 2/12
+    torch.testing.assert_close(m.weight_out.detach(), M0 - 0.1 * (2 / 12) * (1 / (1 + 1e-6)))
+
+
+@pytest.mark.parametrize("name,kw", [("low-rank", {"rank": 3}), ("sltrain", {"rank": 2, "density": 0.1}),
+                                     ("relora", {"rank": 2, "relora_steps": 2, "restart_warmup_steps": 1}), ("loro", {"rank": 2, "exact_every": 2})])
+def test_state_bytes_formula(name, kw):
+    for model, vocab in ((Tiny(), 16), (build_model("llama-micro", vocab_size=64), 64)):
+        before = expected_state_bytes(name, model, **kw)
+        opt = build(name, model, **kw)
+        assert expected_state_bytes(name, model, **kw) == before  # same answer before and after reparam
+        train(model, opt, range(3), vocab)
+        assert state_bytes(opt) == before
+
+
+@pytest.mark.parametrize("name,kw", [("low-rank", {"rank": 2}), ("sltrain", {"rank": 2, "density": 0.2}),
+                                     ("relora", {"rank": 2, "relora_steps": 3, "restart_warmup_steps": 2}),
+                                     ("loro", {"rank": 2, "exact_every": 3})])
+def test_resume_bit_for_bit(name, kw):
+    def make():
+        m = Tiny()
+        return m, build(name, m, **kw)
+    assert resume_matches(make, k=2, n=5)  # crosses a merge / an exact step
+
+
+@pytest.mark.parametrize("name,kw,word", [("low-rank", {"rank": 0}, "rank"), ("sltrain", {"density": 1.5}, "density"),
+                                          ("relora", {"relora_steps": 0}, "relora_steps"),
+                                          ("relora", {"prune_ratio": 1.0}, "prune_ratio"),
+                                          ("loro", {"rank": 9}, "rank"), ("loro", {"refresh": "x"}, "refresh")])
+def test_argument_checks(name, kw, word):
+    with pytest.raises(ValueError, match=word):
+        build(name, Tiny(), **{"rank": 2, **kw})
+
+
+def test_llama_micro_trains_with_each():
+    for name in ("low-rank", "sltrain", "relora", "loro"):
+        model = build_model("llama-micro", vocab_size=64)
+        opt = build(name, model, rank=4, lr=1e-2)
+        first = loss_of(model, 0, 64).item()
+        train(model, opt, [0] * 5, 64)
+        assert loss_of(model, 0, 64).item() < first, name

@@ -1,0 +1,298 @@
+"""SPAM (arXiv 2501.06842) and Stable-SPAM (arXiv 2502.17055).
+
+Both follow the authors' code as vendored in the benchmark repo
+(OptimAI-Lab/Memory_Efficient_Pretraining, `pt_spam`, `pt_stable_spam`), where it
+and the papers disagree the default is the code's and the docstring says so.
+Global step counters live in each param group, so `state_dict()` carries them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memopt.optim.registry import MethodSpec, register
+from memopt.optim.targets import check, split_params
+
+
+def _checks(lr: float, betas, eps: float, weight_decay: float) -> None:
+    check("lr", lr, 0.0, math.inf)
+    check("betas[0]", betas[0], 0.0, 1.0)
+    check("betas[1]", betas[1], 0.0, 1.0)
+    check("eps", eps, 0.0, math.inf)
+    check("weight_decay", weight_decay, 0.0, math.inf)
+
+
+def spam_warmup_factor(t: int, reset_interval: int, warmup_steps: int) -> float:
+    """lr factor of step t (1-based): 1 until the first reset, then after each reset
+    (t % reset_interval == 0) a cosine ramp 0.01 -> 1 over `warmup_steps` steps
+    (the authors' CosineDecay(0.99, W): 1 - 0.99 * (1 + cos(pi j / (W + 1))) / 2)."""
+    if reset_interval <= 0 or t < reset_interval:
+        return 1.0
+    j = t % reset_interval
+    if j >= warmup_steps:
+        return 1.0
+    return 1.0 - 0.99 * (1.0 + math.cos(math.pi * j / (warmup_steps + 1))) / 2.0
+
+
+class SPAM(torch.optim.Optimizer):
+    """Adam with periodic momentum reset + cosine warm-up, spike clipping and
+    optional sparse momentum.
+
+    Per step t (1-based): if t % reset_interval == 0 the moments are zeroed (the
+    bias-correction step count is NOT reset: authors' code) and the update is scaled
+    by `spam_warmup_factor`. Spike clipping (g² > threshold·v ⇒ g := sign(g)·√(threshold·v),
+    v from the previous step) applies once t >= clip_delay and
+    t % reset_interval >= clip_delay (authors' `grad_accu_steps`: v is too young before).
+    Update and decoupled weight decay follow the authors' HF-style AdamW: eps added
+    to √v, bias correction folded into the step size, decay p -= lr·wd·p after.
+
+    density < 1 in a group keeps moments only on a random subset of exactly
+    int(density·numel) entries of each 2-D weight, re-drawn at every reset (the
+    authors draw Bernoulli masks at re-draws, so the count drifts; ours is exact so
+    the state size is known). Masks come from `seed`, the param index and the reset
+    number, so a resumed run draws the same ones. The authors' code also applies
+    weight decay to a copy for masked groups (a no-op); here it decays every entry.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 threshold: float = 5000.0, reset_interval: int = 500, warmup_steps: int = 150,
+                 clip_delay: int = 20, density: float = 1.0, seed: int = 0):
+        _checks(lr, betas, eps, weight_decay)
+        check("threshold", threshold, 0.0, math.inf)
+        check("reset_interval", reset_interval, 0, math.inf)
+        check("warmup_steps", warmup_steps, 0, math.inf)
+        check("clip_delay", clip_delay, 0, math.inf)
+        check("density", density, 0.0, 1.0, lo_open=True, hi_open=False)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, threshold=threshold,
+                        reset_interval=int(reset_interval), warmup_steps=int(warmup_steps),
+                        clip_delay=int(clip_delay), density=density, seed=int(seed), total_step=0)
+        super().__init__(params, defaults)
+        for g in self.param_groups:
+            check("density", g["density"], 0.0, 1.0, lo_open=True, hi_open=False)
+            if g["density"] < 1.0 and any(p.dim() != 2 for p in g["params"]):
+                raise ValueError("density < 1 needs 2-D weights only in its group")
+
+    def _index(self, p) -> int:
+        return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
+
+    def _draw_mask(self, p, group, resets: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(group["seed"] * 1_000_003 + self._index(p) * 7_919 + resets)
+        k = int(group["density"] * p.numel())
+        mask = torch.zeros(p.numel(), dtype=torch.bool)
+        mask[torch.randperm(p.numel(), generator=gen)[:k]] = True
+        return mask.view_as(p).to(p.device)
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # torch casts every state tensor to the param's dtype on load; masks are boolean.
+        for s in self.state.values():
+            if "mask" in s:
+                s["mask"] = s["mask"].bool()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            group["total_step"] += 1
+            t, gap = group["total_step"], group["reset_interval"]
+            reset = gap > 0 and t % gap == 0
+            factor = spam_warmup_factor(t, gap, group["warmup_steps"])
+            clip = group["threshold"] > 0 and t >= group["clip_delay"] and (gap <= 0 or t % gap >= group["clip_delay"])
+            sparse = group["density"] < 1.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    if sparse:
+                        state["mask"] = self._draw_mask(p, group, 0)
+                    n = int(state["mask"].sum()) if sparse else p.numel()
+                    shape = (n,) if sparse else p.shape
+                    state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+                    state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+                if reset:
+                    if sparse:
+                        state["mask"] = self._draw_mask(p, group, t // gap)
+                    state["exp_avg"].zero_()
+                    state["exp_avg_sq"].zero_()
+                grad = p.grad[state["mask"]] if sparse else p.grad.clone()
+                self._update(p, grad, state, group, factor, clip)
+        return loss
+
+    @staticmethod
+    def _update(p, grad, state, group, factor: float, clip: bool) -> None:
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        if clip:
+            bound = v * group["threshold"]
+            spikes = grad.square() > bound
+            grad = torch.where(spikes, grad.sign() * bound.sqrt(), grad)
+        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+        direction = m / v.sqrt().add_(group["eps"])
+        if "mask" in state:
+            p[state["mask"]] -= direction * (step_size * factor)
+        else:
+            p.add_(direction, alpha=-step_size * factor)
+        if group["weight_decay"] > 0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+
+class StableSPAM(torch.optim.Optimizer):
+    """Stable-SPAM: per tensor, adaptive spike clipping to a bias-corrected EMA of
+    max|g| (gamma3), gradient-norm normalization g := g/‖g‖ · m̂/(√v̂+eps) with EMAs
+    of ‖g‖ (gamma1) and ‖g‖² (gamma2), moments reset every `reset_interval` steps,
+    torch-style AdamW update (decay before, eps after bias-corrected √v).
+
+    `total_steps` (authors' total_T, default None = off) scales beta1 and gamma1 by a
+    cosine from 1 to 0.5 (`eta_min`) over training. At a reset the authors set the
+    shared step count to 1, which also restarts the bias correction of the clip and
+    norm EMAs (so clipping barely acts after the first reset); kept as the default,
+    `separate_ema_step=True` gives the EMAs their own never-reset count.
+
+    Fixed authors' fault: their reset stores fresh zero moments in `state` but goes
+    on updating the old tensors it bound before, so the reset step uses the stale
+    moments and the next step starts from zeros; here the reset step starts from zero.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999, reset_interval: int = 1000,
+                 total_steps: int | None = None, eta_min: float = 0.5, separate_ema_step: bool = False):
+        _checks(lr, betas, eps, weight_decay)
+        if gamma1 == -1:  # authors: gamma1 = -1 means "use beta1"
+            gamma1 = betas[0]
+        check("gamma1", gamma1, 0.0, 1.0)
+        check("gamma2", gamma2, 0.0, 1.0)
+        check("gamma3", gamma3, 0.0, 1.0)
+        check("reset_interval", reset_interval, 0, math.inf)
+        check("eta_min", eta_min, 0.0, 1.0, hi_open=False)
+        if total_steps is not None:
+            check("total_steps", total_steps, 1, math.inf)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
+                        gamma3=gamma3, reset_interval=int(reset_interval), total_steps=total_steps, eta_min=eta_min,
+                        separate_ema_step=bool(separate_ema_step), total_step=0)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def schedule_scale(t: int, total_steps: int | None, eta_min: float) -> float:
+        if total_steps is None:
+            return 1.0
+        return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * t / (total_steps + 1))) / 2.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            group["total_step"] += 1
+            t, gap = group["total_step"], group["reset_interval"]
+            scale = self.schedule_scale(t, group["total_steps"], group["eta_min"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["ema_step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    for k in ("m_norm", "v_norm", "m_max"):
+                        state[k] = torch.zeros((), dtype=torch.float32, device=p.device)
+                self._update(p, p.grad.clone(), state, group, scale, reset=gap > 0 and t % gap == 0)
+        return loss
+
+    @staticmethod
+    def _update(p, grad, state, group, scale: float, reset: bool) -> None:
+        g1, g2, g3, eps = group["gamma1"] * scale, group["gamma2"], group["gamma3"], group["eps"]
+        p.mul_(1.0 - group["lr"] * group["weight_decay"])
+        state["step"] += 1
+        state["ema_step"] += 1
+        k = state["ema_step"] if group["separate_ema_step"] else state["step"]
+
+        max_g = grad.abs().max().float()
+        state["m_max"].mul_(g3).add_(max_g, alpha=1.0 - g3)
+        m_max_hat = state["m_max"] / (1.0 - g3 ** k)
+        spikes = grad.abs() > m_max_hat
+        grad = torch.where(spikes, grad / max_g * m_max_hat, grad)
+
+        norm = grad.norm().float()
+        state["m_norm"].mul_(g1).add_(norm, alpha=1.0 - g1)
+        state["v_norm"].mul_(g2).add_(norm.square(), alpha=1.0 - g2)
+        target = (state["m_norm"] / (1.0 - g1 ** k)) / ((state["v_norm"] / (1.0 - g2 ** k)).sqrt() + eps)
+        if norm > 0:
+            grad = grad / norm * target
+
+        if reset:
+            state["exp_avg"].zero_()
+            state["exp_avg_sq"].zero_()
+            state["step"] = 1
+            if not group["separate_ema_step"]:
+                state["ema_step"] = 1
+        beta1, beta2 = group["betas"][0] * scale, group["betas"][1]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bc1, bc2 = 1.0 - beta1 ** state["step"], 1.0 - beta2 ** state["step"]
+        p.addcdiv_(m, (v.sqrt() / math.sqrt(bc2)).add_(eps), value=-group["lr"] / bc1)
+
+
+# ---- registry ----
+
+def build_spam(model: nn.Module, lr, betas, eps, weight_decay, threshold, reset_interval, warmup_steps, clip_delay,
+               density, seed) -> SPAM:
+    targets, rest = split_params(model)
+    groups = [{"params": rest, "density": 1.0}, {"params": targets, "density": density}]
+    return SPAM([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                threshold=threshold, reset_interval=reset_interval, warmup_steps=warmup_steps,
+                clip_delay=clip_delay, density=density, seed=seed)
+
+
+def spam_state_bytes(model: nn.Module, density: float, **_) -> int:
+    targets, rest = split_params(model)
+    dense = sum(2 * p.numel() * p.element_size() for p in rest)
+    if density >= 1.0:
+        return dense + sum(2 * p.numel() * p.element_size() for p in targets)
+    # kept moments + one bool mask byte per element
+    return dense + sum(2 * int(density * p.numel()) * p.element_size() + p.numel() for p in targets)
+
+
+def build_stable_spam(model: nn.Module, lr, betas, eps, weight_decay, gamma1, gamma2, gamma3, reset_interval,
+                      total_steps, eta_min, separate_ema_step) -> StableSPAM:
+    return StableSPAM([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, eps=eps,
+                      weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
+                      reset_interval=reset_interval, total_steps=total_steps, eta_min=eta_min,
+                      separate_ema_step=separate_ema_step)
+
+
+def stable_spam_state_bytes(model: nn.Module, **_) -> int:
+    # two moments, plus three fp32 scalars (EMAs of max|g|, ‖g‖, ‖g‖²) per tensor
+    params = [p for p in model.parameters() if p.requires_grad]
+    return sum(2 * p.numel() * p.element_size() + 12 for p in params)
+
+
+register(MethodSpec(
+    name="spam", builder=build_spam, state_bytes=spam_state_bytes,
+    defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "threshold": 5000.0,
+              "reset_interval": 500, "warmup_steps": 150, "clip_delay": 20, "density": 1.0, "seed": 0},
+    summary="Adam with momentum reset every 500 steps + 150-step cosine warm-up, spike clipping at 5000·v, "
+            "optional sparse momentum (density)",
+    paper="arXiv 2501.06842",
+))
+register(MethodSpec(
+    name="stable-spam", builder=build_stable_spam, state_bytes=stable_spam_state_bytes,
+    defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "gamma1": 0.7, "gamma2": 0.9,
+              "gamma3": 0.999, "reset_interval": 1000, "total_steps": None, "eta_min": 0.5,
+              "separate_ema_step": False},
+    summary="SPAM with adaptive clipping to an EMA of max|g|, gradient-norm normalization, moment reset every 1000",
+    paper="arXiv 2502.17055",
+))

@@ -1,0 +1,89 @@
+"""Test helpers shared by the family's tests: tiny models, a seeded loss, measured
+optimizer-state bytes (until memopt.memory.optimizer_state_bytes lands) and a
+save/load resume check."""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Embedding -> attn linear -> mlp linear -> head; names match the target filter."""
+
+    def __init__(self, vocab: int = 16, d: int = 8, hidden: int = 12, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, d)
+        self.attn = nn.Linear(d, hidden, bias=False)
+        self.mlp = nn.Linear(hidden, d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, x):
+        return self.head(self.mlp(torch.tanh(self.attn(self.embed(x)))))
+
+
+def batch(step: int, vocab: int = 16, n: int = 6, seq: int = 5):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randint(0, vocab, (n, seq), generator=g), torch.randint(0, vocab, (n, seq), generator=g)
+
+
+def loss_of(model: nn.Module, step: int, vocab: int = 16) -> torch.Tensor:
+    x, y = batch(step, vocab)
+    out = model(x)
+    logits = out.logits if hasattr(out, "logits") else out
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, vocab: int = 16) -> None:
+    for s in steps:
+        @torch.enable_grad()  # some reference optimizers call the closure under no_grad
+        def closure(s=s):
+            opt.zero_grad()
+            loss = loss_of(model, s, vocab)
+            loss.backward()
+            return loss
+        opt.step(closure)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def state_bytes(opt: torch.optim.Optimizer, *extra) -> int:
+    """Bytes of the unique storages held in opt.state (plus any extra objects)."""
+    seen, total = set(), 0
+    for t in _tensors([list(opt.state.values()), list(extra)]):
+        s = t.untyped_storage()
+        if s.data_ptr() not in seen:
+            seen.add(s.data_ptr())
+            total += s.nbytes()
+    return total
+
+
+def resume_matches(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], k: int, n: int, vocab: int = 16) -> bool:
+    """Train k+n steps straight vs k steps, save, load into a fresh (model, opt), n more.
+    True when every parameter is bitwise equal."""
+    m1, o1 = make()
+    train(m1, o1, range(k + n), vocab)
+    m2, o2 = make()
+    train(m2, o2, range(k), vocab)
+    buf = io.BytesIO()
+    torch.save({"model": m2.state_dict(), "opt": o2.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    m3, o3 = make()
+    m3.load_state_dict(ck["model"])
+    o3.load_state_dict(ck["opt"])
+    train(m3, o3, range(k, k + n), vocab)
+    a, b = m1.state_dict(), m3.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
