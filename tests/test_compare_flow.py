@@ -104,12 +104,14 @@ def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path
         (["--dataset", "/no/such/file.jsonl"], "--dataset"),
         (["--seq_len", "4096"], "allows at most 1024"),
         (["--model_name", "/no/such/model"], "--model_name"),
-        (["--output_dir", "/proc/forbidden"], "--output_dir"),
+        (["--output_dir", "{tmp}/a-file/results"], "--output_dir"),
         (["--tracking_uri", "http://127.0.0.1:9"], "does not answer"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_starts(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     defaults = ["--tracking_uri", f"sqlite:///{tmp_path}/mlflow.db", "--output_dir", str(tmp_path / "results")]
     assert main([*defaults, *args]) == 2
     err = capsys.readouterr().err

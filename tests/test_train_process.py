@@ -35,7 +35,7 @@ def make_config(tmp: Path, data_dir: str, method: str, name: str) -> TrainConfig
     return TrainConfig(
         method=method, model_name="llama-micro", data_dir=data_dir, output_dir=str(tmp / name / method),
         run_id=run_id, tracking_uri=uri, batch_size=4, max_steps=STEPS, eval_every=4, checkpoint_every=3,
-        memory_interval_s=0.05,
+        memory_interval_s=0.05, method_args={"rank": 8, "update_proj_gap": 4} if method == "galore" else {},
     )
 
 
