@@ -32,6 +32,7 @@ from memopt.evaluation import perplexity, validation_loss
 from memopt.memory import optimizer_state_bytes
 from memopt.methods import grad_accum_steps, recipe
 from memopt.models import build_model
+from memopt.optim.reparam import merged_state_dict
 from memopt.monitor import MIB, MemorySample, MemorySampler, peak_rss_bytes, rss_bytes
 from memopt.tracking import RunLogger
 
@@ -93,6 +94,16 @@ def autocast_context(device: torch.device, enabled: bool) -> tuple[contextlib.Ab
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16), None
+
+
+def dense_model(model: torch.nn.Module, cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
+    """The model as its architecture defines it: reparameterized linears (Low-Rank, SLTrain, ...) merged
+    back into dense weights, so the exported model loads anywhere."""
+    if not any(hasattr(m, "dense_weight") for m in model.modules()):
+        return model
+    dense = build_model(cfg.model_name, vocab_size=vocab_size, seed=cfg.seed)
+    dense.load_state_dict(merged_state_dict(model))
+    return dense
 
 
 def train(cfg: TrainConfig) -> None:
@@ -232,7 +243,7 @@ def train(cfg: TrainConfig) -> None:
             steps,
         )
         final = out / "final"
-        model.save_pretrained(final, safe_serialization=True)
+        dense_model(model, cfg, data.vocab_size).save_pretrained(final, safe_serialization=True)
         data.tokenizer().save_pretrained(final)
         logger.flush()
         logger.client.log_artifacts(cfg.run_id, str(final), "model")
