@@ -32,26 +32,39 @@ def perplexity(loss: float) -> float:
 
 @torch.no_grad()
 def answer_accuracy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[dict], max_new_tokens: int = 64
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[dict],
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
 ) -> float | None:
-    """Greedy generation on held-out problems; exact match of the final boxed answer."""
+    """Greedy generation on held-out problems; exact match of the final boxed answer.
+
+    Prompts go in left-padded batches, so generation costs max_new_tokens forward passes per batch
+    rather than per problem."""
     if not problems:
         return None
-    was_training = model.training
+    was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
+    tokenizer.padding_side = "left"  # a decoder-only model continues from the last position
     device = next(model.parameters()).device
     correct = 0
-    for row in problems:
-        prompt = tokenizer(prompt_for(row["problem"]), return_tensors="pt").to(device)
-        out = model.generate(
-            **prompt,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        text = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
-        predicted = extract_answer(text)
-        correct += predicted is not None and normalize_answer(predicted) == normalize_answer(str(row["answer"]))
-    model.train(was_training)
+    try:
+        for start in range(0, len(problems), batch_size):
+            rows = problems[start : start + batch_size]
+            prompts = tokenizer([prompt_for(r["problem"]) for r in rows], return_tensors="pt", padding=True).to(device)
+            out = model.generate(
+                **prompts,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
+            for row, text in zip(rows, texts):
+                predicted = extract_answer(text)
+                correct += predicted is not None and normalize_answer(predicted) == normalize_answer(str(row["answer"]))
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = padding_side
     return correct / len(problems)
