@@ -18,6 +18,11 @@ TABLE = "comparison_results.md"
 LOSS_PLOT = "cpu_optimization_comparison.png"
 MEMORY_PLOT = "memory_over_time.png"
 MIB = 1024 * 1024
+NOTES = """Peak Memory is the training process's high-water mark (the kernel's VmHWM), imports included;
+Training Memory is that peak minus the process's resident memory just before the model was built.
+Optimizer State is every tensor the optimizer holds between steps, measured. Tokens/s counts the
+training steps alone (forward, backward, optimizer step).
+"""
 
 
 @dataclass
@@ -29,6 +34,7 @@ class MethodResult:
     val_loss: float | None = None
     epoch_time_s: float | None = None
     peak_rss_mb: float | None = None
+    training_mb: float | None = None  # peak minus the process's RSS before the model was built
     perplexity: float | None = None
     accuracy: float | None = None
     tokens_per_s: float | None = None
@@ -51,6 +57,8 @@ def method_result(client: MlflowClient, run: Run) -> MethodResult:
     r.train_loss = metrics.get("train_loss")
     r.val_loss = metrics.get("final_val_loss", metrics.get("val_loss"))
     r.peak_rss_mb = metrics.get("peak_rss_mb")
+    if r.peak_rss_mb is not None and "rss_at_start_mb" in metrics:
+        r.training_mb = r.peak_rss_mb - metrics["rss_at_start_mb"]
     r.perplexity = metrics.get("perplexity")
     r.accuracy = metrics.get("answer_accuracy")
     if "optimizer_state_bytes" in metrics:
@@ -65,7 +73,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown_table(results: list[MethodResult]) -> str:
     adamw = next((r.state_mb for r in results if r.method == "adamw" and r.state_mb), None)
     header = [
-        "Method", "Status", "Final Train Loss", "Final Val Loss", "Avg Epoch Time (s)", "Peak Memory (MB)",
+        "Method", "Status", "Final Train Loss", "Final Val Loss", "Avg Epoch Time (s)", "Peak Memory (MB)", "Training Memory (MB)",
         "Perplexity", "Answer Accuracy", "Tokens/s", "Optimizer State (MB)", "State % of AdamW",
     ]
     rows = []
@@ -74,7 +82,7 @@ def markdown_table(results: list[MethodResult]) -> str:
         share = None if adamw is None or r.state_mb is None else 100 * r.state_mb / adamw
         rows.append([
             r.method, status, _fmt(r.train_loss, ".4f"), _fmt(r.val_loss, ".4f"), _fmt(r.epoch_time_s, ".1f"),
-            _fmt(r.peak_rss_mb, ".0f"), _fmt(r.perplexity, ".2f"), _fmt(r.accuracy, ".2%"), _fmt(r.tokens_per_s, ".0f"),
+            _fmt(r.peak_rss_mb, ".0f"), _fmt(r.training_mb, ".0f"), _fmt(r.perplexity, ".2f"), _fmt(r.accuracy, ".2%"), _fmt(r.tokens_per_s, ".0f"),
             _fmt(r.state_mb, ".3f"), _fmt(share, ".1f"),
         ])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -120,7 +128,7 @@ def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> tuple[
     results = [method_result(client, run) for run in runs.values()]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / TABLE
-    table.write_text(f"# Optimizer comparison\n\nMLflow parent run `{parent_run_id}`.\n\n{markdown_table(results)}\n")
+    table.write_text(f"# Optimizer comparison\n\nMLflow parent run `{parent_run_id}`.\n\n{markdown_table(results)}\n\n{NOTES}")
     _plot_losses(client, runs, out_dir / LOSS_PLOT)
     _plot_memory(client, runs, out_dir / MEMORY_PLOT)
     return table, results
