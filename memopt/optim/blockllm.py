@@ -56,7 +56,10 @@ State bytes held between steps (exact, see memory_test.py):
   2 * Σ_selected numel * element_size      Adam moments
   + n * (1 + 8 + 4)                        selected mask (bool), visits (int64), last ‖g‖ (fp32)
 where n = number of non-frozen tensors; step counters and the loss history are
-Python numbers.
+Python numbers. Moments are allocated (zeros) at selection time, so these bytes are
+a function of the selection alone, also right after a re-selection. The registry
+formula reads the selection from the model's requires_grad flags (exact once the
+optimizer has stepped; on a fresh model it gives the full-budget bound).
 """
 from __future__ import annotations
 
