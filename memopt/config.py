@@ -139,6 +139,11 @@ def _validate_model(cfg: CompareConfig) -> None:
             optim.build(recipe(method).optimizer, model, **cfg.method_hyperparameters(method))
         except ValueError as exc:
             raise ConfigError(f"--methods {method}: {exc}") from None
+        except TypeError as exc:  # a value of the wrong type, e.g. adamw.eps='x': the optimizer compares it
+            raise ConfigError(
+                f"--method_args {method}: {cfg.method_args.get(method, {})} has a value of the wrong type ({exc}); "
+                f"defaults: {optim.spec(recipe(method).optimizer).defaults}"
+            ) from None
         except (NotImplementedError, RuntimeError):
             pass  # this optimizer needs real tensors to build; the training process checks it
 
