@@ -246,16 +246,21 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
     return CompareConfig(**{**json.loads(params[CONFIG_PARAM]), "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
 
 
-def _discard_mlflow_run() -> None:
-    """Bad input under `mlflow run`: MLflow made the parent run before this code ran. Delete it (it holds
-    nothing) so that no run is left behind; `mlflow run` then only reports our exit code."""
+def _fail_mlflow_run(reason: str) -> None:
+    """Bad input under `mlflow run`: MLflow made the parent run before this code ran. End it FAILED with
+    the reason, so that no run is left RUNNING. Not deleted: `mlflow run` sets the run FAILED itself
+    afterwards (its "already terminated?" check compares a string status with ints, so it always does),
+    and on a deleted run that raises, burying our message under a traceback. Empty FAILED runs are
+    what `mlflow gc` / the UI's delete are for."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     try:
-        MlflowClient(os.environ.get("MLFLOW_TRACKING_URI")).delete_run(run_id)
+        client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
+        client.set_tag(run_id, FAILURE_TAG, f"bad input: {reason}"[:5000])
+        client.set_terminated(run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 (the store itself may be what is wrong; the error above says so)
-        print(f"note: could not delete the run {run_id} that mlflow run created: {exc}", file=sys.stderr)
+        print(f"note: could not end the run {run_id} that mlflow run created: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        _discard_mlflow_run()
+        _fail_mlflow_run(str(exc))
         return 2
     try:
         statuses = compare_optimizers(**vars(cfg), parent_run_id=os.environ.get("MLFLOW_RUN_ID"))
