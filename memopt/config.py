@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -153,6 +154,10 @@ def _validate_output_dir(output_dir: str) -> None:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing} is not a writable folder)")
+    try:  # os.access says yes to root everywhere; a read-only mount or /proc says no only when written
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing}: {exc.strerror})") from None
 
 
 def _validate_tracking_uri(uri: str) -> None:
