@@ -23,7 +23,7 @@ from memopt.config import CONFIG_PARAM, CompareConfig, ConfigError, validate
 from memopt.data import DEFAULT_DATASET
 from memopt.methods import recipe
 from memopt.models import is_preset
-from memopt.tracking import child_run, child_runs, open_parent_run
+from memopt.tracking import child_run, child_runs, ensure_store, open_parent_run
 from memopt.train import FAILURE_TAG, TrainConfig
 from tasks.data import tokenize
 from tasks.evaluate import evaluate
@@ -67,6 +67,7 @@ def compare_optimizers(
     cfg.method_args = cfg.method_args or {}
     validate(cfg)
     uri = cfg.resolved_tracking_uri()
+    ensure_store(uri)
     client = MlflowClient(uri)
     parent = open_parent_run(client, cfg.resume or parent_run_id, run_name="compare")
     if cfg.resume and parent_run_id and parent_run_id != parent:
