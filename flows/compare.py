@@ -17,12 +17,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from memopt.config import CONFIG_PARAM, CompareConfig, ConfigError, validate
 from memopt.data import DEFAULT_DATASET
 from memopt.methods import recipe
 from memopt.models import is_preset
-from memopt.tracking import child_run, child_runs, open_parent_run
+from memopt.tracking import child_run, child_runs, ensure_store, open_parent_run
 from memopt.train import FAILURE_TAG, TrainConfig
 from tasks.data import tokenize
 from tasks.evaluate import evaluate
@@ -30,6 +31,8 @@ from tasks.report import compare
 from tasks.train import train
 
 RESUMED_PARENT_TAG = "memopt.resumed_parent"
+FAILED_METHODS_TAG = "memopt.failed_methods"
+PREFECT_FLOW_RUN_TAG = "memopt.prefect_flow_run_id"
 
 
 class ComparisonIncomplete(RuntimeError):
@@ -64,11 +67,16 @@ def compare_optimizers(
     cfg.method_args = cfg.method_args or {}
     validate(cfg)
     uri = cfg.resolved_tracking_uri()
+    ensure_store(uri)
     client = MlflowClient(uri)
     parent = open_parent_run(client, cfg.resume or parent_run_id, run_name="compare")
     if cfg.resume and parent_run_id and parent_run_id != parent:
-        client.set_tag(parent_run_id, RESUMED_PARENT_TAG, parent)  # the run `mlflow run` made for this resume
+        # `mlflow run -P resume=ID` made a run of its own before this code ran: it stays a pointer to the
+        # comparison it finishes (this tag), and `mlflow run` ends it from our exit code.
+        client.set_tag(parent_run_id, RESUMED_PARENT_TAG, parent)
     client.log_batch(parent, params=[])  # fail early if the parent is not writable
+    if flow_run.id:  # from the MLflow run to the Prefect flow run (task states, retries, logs); a resume updates it
+        client.set_tag(parent, PREFECT_FLOW_RUN_TAG, flow_run.id)
     existing = client.get_run(parent).data.params
     for key, value in cfg.as_params().items():
         if key not in existing:
@@ -130,8 +138,10 @@ def compare_optimizers(
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     if failed:
-        client.set_tag(parent, "memopt.failed_methods", ",".join(failed))
-    if not parent_run_id:  # a run made by `mlflow run` is ended by mlflow run, from our exit code
+        client.set_tag(parent, FAILED_METHODS_TAG, ",".join(failed))
+    elif FAILED_METHODS_TAG in client.get_run(parent).data.tags:
+        client.delete_tag(parent, FAILED_METHODS_TAG)  # a resume finished what an earlier attempt failed
+    if parent != parent_run_id:  # a run made by `mlflow run` is ended by mlflow run, from our exit code
         client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     if failed:
         raise ComparisonIncomplete(f"not every method finished: {', '.join(failed)} failed (see {report})")
@@ -146,10 +156,41 @@ def _optional(kind):
     return parse
 
 
+def _number(kind):
+    """argparse type: a number, or one line naming what is allowed (argparse's own says only 'invalid int value')."""
+    what = {int: "an integer", float: "a number"}[kind]
+
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; must be {what}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Split on commas outside brackets and quotes, so `adamw.betas=(0.9,0.95)` stays one item."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def _method_args(text: str) -> dict[str, dict]:
     """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
     result: dict[str, dict] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in filter(None, (part.strip() for part in _top_level_split(text))):
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot or not method or not name:
@@ -162,26 +203,33 @@ def _method_args(text: str) -> dict[str, dict]:
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every command-line error is a ConfigError: one line naming the parameter, exit 2, no usage dump."""
+
+    def error(self, message: str):
+        raise ConfigError(message.removeprefix("argument "))
+
+
 def parse_args(argv: list[str]) -> CompareConfig:
     d = CompareConfig()
-    p = argparse.ArgumentParser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated method names")
     p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b), a save_pretrained folder or a hub name")
     p.add_argument("--dataset", default=d.dataset, help="the embedded default, a hub name, or a local file/folder")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max_steps", type=int, default=d.max_steps, help="> 0 overrides --epochs")
-    p.add_argument("--seq_len", type=int, default=d.seq_len)
-    p.add_argument("--lr", type=_optional(float), default=None, help="one learning rate for every method (default: each method's own)")
-    p.add_argument("--eval_every", type=int, default=d.eval_every)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch_size", type=_number(int), default=d.batch_size)
+    p.add_argument("--epochs", type=_number(int), default=d.epochs)
+    p.add_argument("--max_steps", type=_number(int), default=d.max_steps, help="> 0 overrides --epochs")
+    p.add_argument("--seq_len", type=_number(int), default=d.seq_len)
+    p.add_argument("--lr", type=_optional(_number(float)), default=None, help="one learning rate for every method (default: each method's own)")
+    p.add_argument("--eval_every", type=_number(int), default=d.eval_every)
+    p.add_argument("--seed", type=_number(int), default=d.seed)
     p.add_argument("--output_dir", default=d.output_dir)
     p.add_argument("--tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    p.add_argument("--rank", type=_optional(int), default=None, help="rank of every low-rank method (default: hidden size / 4, at most 128)")
-    p.add_argument("--sparsity", type=_optional(float), default=None, help="BlockLLM's sparsity (default 0.9)")
+    p.add_argument("--rank", type=_optional(_number(int)), default=None, help="rank of every low-rank method (default: hidden size / 4, at most 128)")
+    p.add_argument("--sparsity", type=_optional(_number(float)), default=None, help="BlockLLM's sparsity (default 0.9)")
     p.add_argument("--method_args", type=_method_args, default={}, help="METHOD.NAME=VALUE,... e.g. galore.update_proj_gap=50")
-    p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
-    p.add_argument("--retries", type=int, default=d.retries, help="Prefect retries of a failed training process")
+    p.add_argument("--checkpoint_every", type=_number(int), default=d.checkpoint_every)
+    p.add_argument("--retries", type=_number(int), default=d.retries, help="Prefect retries of a failed training process")
     p.add_argument("--resume", type=_optional(str), default=None, help="finish the comparison of this MLflow parent run id")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -190,10 +238,30 @@ def parse_args(argv: list[str]) -> CompareConfig:
 
 def resumed_config(cfg: CompareConfig) -> CompareConfig:
     """On --resume, the parent run's own configuration, so the comparison finishes as it began."""
-    params = MlflowClient(cfg.resolved_tracking_uri()).get_run(cfg.resume).data.params
+    uri = cfg.resolved_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no store at {uri} (reading it would create an empty one)")
+    params = MlflowClient(uri).get_run(cfg.resume).data.params
     if CONFIG_PARAM not in params:
         raise ConfigError(f"--resume: run {cfg.resume} is not a memopt comparison (it has no {CONFIG_PARAM!r} param)")
     return CompareConfig(**{**json.loads(params[CONFIG_PARAM]), "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
+
+
+def _fail_mlflow_run(reason: str) -> None:
+    """Bad input under `mlflow run`: MLflow made the parent run before this code ran. End it FAILED with
+    the reason, so that no run is left RUNNING. Not deleted: `mlflow run` sets the run FAILED itself
+    afterwards (its "already terminated?" check compares a string status with ints, so it always does),
+    and on a deleted run that raises, burying our message under a traceback. Empty FAILED runs are
+    what `mlflow gc` / the UI's delete are for."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
+        client.set_tag(run_id, FAILURE_TAG, f"bad input: {reason}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001 (the store itself may be what is wrong; the error above says so)
+        print(f"note: could not end the run {run_id} that mlflow run created: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _fail_mlflow_run(str(exc))
         return 2
     try:
         statuses = compare_optimizers(**vars(cfg), parent_run_id=os.environ.get("MLFLOW_RUN_ID"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ def _validate_model(cfg: CompareConfig) -> None:
             optim.build(recipe(method).optimizer, model, **cfg.method_hyperparameters(method))
         except ValueError as exc:
             raise ConfigError(f"--methods {method}: {exc}") from None
+        except TypeError as exc:  # a value of the wrong type, e.g. adamw.eps='x': the optimizer compares it
+            raise ConfigError(
+                f"--method_args {method}: {cfg.method_args.get(method, {})} has a value of the wrong type ({exc}); "
+                f"defaults: {optim.spec(recipe(method).optimizer).defaults}"
+            ) from None
         except (NotImplementedError, RuntimeError):
             pass  # this optimizer needs real tensors to build; the training process checks it
 
@@ -148,6 +154,10 @@ def _validate_output_dir(output_dir: str) -> None:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing} is not a writable folder)")
+    try:  # os.access says yes to root everywhere; a read-only mount or /proc says no only when written
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing}: {exc.strerror})") from None
 
 
 def _validate_tracking_uri(uri: str) -> None:

@@ -8,13 +8,17 @@ metrics appear exactly once however often the process was killed.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAM_LENGTH = 6000
@@ -79,6 +83,24 @@ class RunLogger:
         self.flush()
 
 
+# --- The store ---------------------------------------------------------------------------------
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create (or upgrade) a sqlite store with one process at a time. MLflow creates the tables and runs
+    its alembic migrations on first use without a lock of its own: two comparisons started together on a
+    new `mlflow.db` otherwise fail with "table ... already exists". Once it exists, sqlite's own locking
+    (MLflow sets a 20 s busy timeout) is enough for concurrent writers."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return  # a tracking server serializes this itself
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+    fd = os.open(folder, os.O_RDONLY)  # the folder, not a lock file beside the store: nothing is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri).search_experiments(max_results=1)  # opening the store creates/migrates it
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # --- Runs of a comparison: one parent, one child per method -------------------------------------
 
 EXPERIMENT = "memopt"
@@ -92,7 +114,15 @@ def open_parent_run(client: MlflowClient, run_id: str | None, run_name: str | No
         client.get_run(run_id)  # raises if it does not exist
         return run_id
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = client.create_experiment(EXPERIMENT)
+        except MlflowException as exc:  # another comparison created it since we looked
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     return client.create_run(experiment_id, run_name=run_name).info.run_id
 
 

@@ -256,8 +256,25 @@ def train(cfg: TrainConfig) -> None:
         logger.close()
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the process that started this one dies. A flow killed with kill -9 would
+    otherwise leave this process training on, into the checkpoints and the run a resume is about to use."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    parent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     if len(args) != 1:
         print("usage: python -m memopt.train CONFIG.json", file=sys.stderr)
         return 2

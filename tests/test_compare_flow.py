@@ -106,14 +106,60 @@ def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path
         (["--model_name", "/no/such/model"], "--model_name"),
         (["--output_dir", "{tmp}/a-file/results"], "--output_dir"),
         (["--tracking_uri", "http://127.0.0.1:9"], "does not answer"),
+        (["--tracking_uri", "sqlite:///{tmp}/no/such/folder/mlflow.db"], "does not exist or cannot be written"),
+        (["--tracking_uri", "file:///{tmp}/mlruns"], "the file store is retired"),
+        # Not numbers: argparse's own message would be a usage dump and "invalid int value".
+        (["--batch_size", "eight"], "--batch_size: got 'eight'; must be an integer"),
+        (["--max_steps", "1.5"], "--max_steps: got '1.5'; must be an integer"),
+        (["--lr", "fast"], "--lr: got 'fast'; must be a number"),
+        (["--sparsity", "lots"], "--sparsity: got 'lots'; must be a number"),
+        (["--no_such_option", "1"], "unrecognized arguments: --no_such_option"),
+        # Out of range.
+        (["--epochs", "0"], "--epochs: got 0; must be an integer >= 1"),
+        (["--max_steps", "-1"], "--max_steps: got -1; must be an integer >= 0"),
+        (["--eval_every", "0"], "--eval_every: got 0; must be an integer >= 1"),
+        (["--checkpoint_every", "-3"], "--checkpoint_every: got -3"),
+        (["--retries", "-1"], "--retries: got -1"),
+        (["--seed", "-1"], "--seed: got -1"),
+        (["--lr", "nan"], "--lr: got nan"),
+        # Method hyperparameters: unknown, out of range, of the wrong type.
+        (["--methods", "galore", "--method_args", "galore.no_such=1"], "no hyperparameter 'no_such'"),
+        (["--methods", "galore", "--method_args", "galore.update_proj_gap=0"], "update_proj_gap"),
+        (["--methods", "adamw", "--method_args", "adamw.eps='tiny'"], "--method_args adamw: {'eps': 'tiny'} has a value of the wrong type"),
+        (["--method_args", "galore"], "'galore' is not METHOD.NAME=VALUE"),
+        (["--methods", "adamw", "--method_args", "galore.rank=4"], "--method_args: galore not among --methods"),
+        # Data and model that cannot be used.
+        (["--dataset", "{tmp}/numbers.jsonl"], "has no usable text field"),
+        (["--dataset", "{tmp}/empty.jsonl"], "is empty"),
+        # `datasets` itself fails on an empty save_to_disk folder ("list index out of range"): still one line.
+        (["--dataset", "{tmp}/empty-dataset"], "empty-dataset': cannot read it"),
+        (["--model_name", "{tmp}/broken-model"], "--model_name: cannot load a model config from"),
+        # Where things go.
+        (["--output_dir", "/proc/memopt-results"], "--output_dir: '/proc/memopt-results' cannot be written"),
+        (["--resume", "0123456789abcdef"], "--resume: cannot read parent run '0123456789abcdef'"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_starts(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("a file, not a folder")
+    (tmp_path / "numbers.jsonl").write_text('{"a": 1, "b": 2.5}\n' * 50)
+    (tmp_path / "empty.jsonl").write_text("")
+    if "{tmp}/empty-dataset" in args:
+        from datasets import Dataset
+
+        Dataset.from_dict({"text": []}).save_to_disk(str(tmp_path / "empty-dataset"))
+    if "{tmp}/broken-model" in args:
+        from transformers import LlamaConfig
+
+        LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1).save_pretrained(tmp_path / "broken-model")
+        config = tmp_path / "broken-model" / "config.json"
+        config.write_text(config.read_text()[:40])  # cut short: not JSON any more
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     defaults = ["--tracking_uri", f"sqlite:///{tmp_path}/mlflow.db", "--output_dir", str(tmp_path / "results")]
+    before = set(tmp_path.iterdir())
     assert main([*defaults, *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err, err
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err and "usage:" not in err, err
+    assert set(tmp_path.iterdir()) == before, "no store, no results folder, nothing else"
