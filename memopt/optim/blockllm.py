@@ -69,18 +69,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from memopt.optim.checks import check_adam_args, check_range
 from memopt.optim.registry import MethodSpec, register
 
 FROZEN_PATTERNS = ("embed", "lm_head")
-
-
-def _check(ok: bool, what: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {what}: {value!r}; valid: {valid}")
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def rank_and_fill(
@@ -120,15 +112,12 @@ class BlockLLM(torch.optim.Optimizer):
         seed: int = 0,
         frozen_patterns: tuple[str, ...] = FROZEN_PATTERNS,
     ) -> None:
-        _check(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
-        _check(len(tuple(betas)) == 2 and all(0.0 <= b < 1.0 for b in betas), "betas", betas, "two numbers in [0, 1)")
-        _check(eps >= 0, "eps", eps, "eps >= 0")
-        _check(weight_decay >= 0, "weight_decay", weight_decay, "weight_decay >= 0")
-        _check(isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0, "sparsity", sparsity, "0 <= sparsity < 1")
-        _check(_is_int(update_freq) and update_freq >= 1, "update_freq", update_freq, "an int >= 1")
-        _check(_is_int(patience) and patience >= 1, "patience", patience, "an int >= 1")
-        _check(_is_int(num_bottom_to_sample) and num_bottom_to_sample >= 0, "num_bottom_to_sample", num_bottom_to_sample, "an int >= 0")
-        _check(_is_int(param_update_interval) and param_update_interval >= 1, "param_update_interval", param_update_interval, "an int >= 1")
+        check_adam_args(lr, betas, eps, weight_decay)
+        check_range("sparsity", sparsity, 0.0, 1.0)
+        check_range("update_freq", update_freq, 1, integer=True)
+        check_range("patience", patience, 1, integer=True)
+        check_range("num_bottom_to_sample", num_bottom_to_sample, 0, integer=True)
+        check_range("param_update_interval", param_update_interval, 1, integer=True)
         named = list(named_params)
         candidates: list[tuple[str, nn.Parameter]] = []
         for name, p in named:

@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from memopt.optim.checks import check, check_adam_args, check_choice, check_range
 from memopt.optim.registry import MethodSpec, register
+from memopt.optim.targets import TARGET_KEYS, split_params
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
@@ -65,34 +67,19 @@ def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
     return 2 * rank * rank + rank * (m + n)
 
 
-def _check_range(ok: bool, what: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {what}: {value!r}; valid: {valid}")
-
-
-def check_adam_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    _check_range(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
-    _check_range(len(tuple(betas)) == 2, "betas", betas, "a pair (beta1, beta2) in [0, 1)")
-    for i, b in enumerate(betas):
-        _check_range(0.0 <= b < 1.0, f"betas[{i}]", b, "0 <= beta < 1")
-    _check_range(eps >= 0.0, "eps", eps, "eps >= 0")
-    _check_range(weight_decay >= 0.0, "weight_decay", weight_decay, "weight_decay >= 0")
-
-
 def check_galore_args(
     rank: int, update_proj_gap: int, scale: float, proj_type: str, full_rank_warmup_steps: int,
     reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (),
 ) -> None:
-    _check_range(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, "rank", rank, "an int >= 1")
+    check_range("rank", rank, 1, integer=True)
     for shape in shapes:
-        _check_range(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
-        _check_range(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
-    _check_range(isinstance(update_proj_gap, int) and update_proj_gap >= 1, "update_proj_gap", update_proj_gap, "an int >= 1")
-    _check_range(isinstance(scale, (int, float)) and scale > 0, "scale", scale, "a number > 0")
-    _check_range(proj_type in PROJ_TYPES, "proj_type", proj_type, ", ".join(PROJ_TYPES))
-    _check_range(isinstance(full_rank_warmup_steps, int) and full_rank_warmup_steps >= 0,
-                 "full_rank_warmup_steps", full_rank_warmup_steps, "an int >= 0")
-    _check_range(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
+        check(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
+        check(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
+    check_range("update_proj_gap", update_proj_gap, 1, integer=True)
+    check_range("scale", scale, 0.0, lo_open=True)
+    check_choice("proj_type", proj_type, PROJ_TYPES)
+    check_range("full_rank_warmup_steps", full_rank_warmup_steps, 0, integer=True)
+    check(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -242,18 +229,10 @@ def galore_param_groups(
     proj_type: str = "std",
     reset_state_on_refresh: bool = False,
     full_rank_warmup_steps: int = 0,
-    targets: tuple[str, ...] = ("attn", "mlp"),
+    targets: tuple[str, ...] = TARGET_KEYS,
 ) -> list[dict[str, Any]]:
-    """Two groups: 2-D weights of nn.Linear modules named like `targets` (projected), and the rest."""
-    projected_ids: set[int] = set()
-    projected: list[nn.Parameter] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(t in name for t in targets):
-            w = module.weight
-            if w.requires_grad and w.dim() == 2 and id(w) not in projected_ids:
-                projected_ids.add(id(w))
-                projected.append(w)
-    plain = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
+    """Two groups: the weights `targets.split_params` picks (projected), and every other trainable tensor."""
+    projected, plain = split_params(model, targets)
     groups: list[dict[str, Any]] = []
     if plain:
         groups.append({"params": plain})
