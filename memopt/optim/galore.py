@@ -139,6 +139,15 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return state["proj_left"].t() @ grad @ state["proj_right"].t()
 
     @staticmethod
+    def _project_back(low: torch.Tensor, state: dict[str, Any], side: str) -> torch.Tensor:
+        """project_back as a new m x n tensor (the fused `_apply_back` avoids it where it can)."""
+        if side == "right":
+            return low @ state["proj"]
+        if side == "left":
+            return state["proj"] @ low
+        return state["proj_left"] @ low @ state["proj_right"]
+
+    @staticmethod
     def _apply_back(p: torch.Tensor, n: torch.Tensor, state: dict[str, Any], side: str, alpha: float) -> None:
         # W += alpha * project_back(N), fused: no m x n temporary.
         if side == "right":
@@ -158,6 +167,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             self._group_step(group)
         return loss
+
+    def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
+                          low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
+        """W += alpha * scale * project_back(direction); subclasses (Fira) add to it. `low_grad` is the
+        projected gradient of this step, `p.grad` still the full one."""
+        self._apply_back(p, direction, state, side, alpha * group["scale"])
 
     def _group_step(self, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
@@ -216,7 +231,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             torch._foreach_addcdiv_([params[i] for i in full], [exp_avgs[i] for i in full], [denoms[i] for i in full],
                                     [-step_sizes[i] for i in full])
         for p, state, side, i in low_rank:
-            self._apply_back(p, exp_avgs[i] / denoms[i], state, side, -step_sizes[i] * group["scale"])
+            self._update_projected(p, state, side, exp_avgs[i] / denoms[i], grads[i], -step_sizes[i], group)
         if wd > 0.0:
             torch._foreach_add_(params, params, alpha=-lr * wd)  # decoupled, full rank, after the update
 
