@@ -114,7 +114,15 @@ class GaLoreAdamW(torch.optim.Optimizer):
                               g["reset_state_on_refresh"], [tuple(p.shape) for p in g["params"]])
 
     # --- projection -------------------------------------------------------------------------
-    def _refresh(self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _refresh(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        for key, value in self._new_projectors(p, grad, state, group).items():
+            if key in state:
+                state[key].copy_(value)  # reuse the tensor held since the last refresh
+            else:
+                state[key] = value
+
+    def _new_projectors(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{'proj': ...} or {'proj_left': ..., 'proj_right': ...} from the SVD of `grad` (GoLore overrides)."""
         r = group["rank"]
         u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
         side = projector_side(group["proj_type"], *grad.shape)
@@ -124,11 +132,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             new["proj_left" if side == "full" else "proj"] = u[:, :r].to(grad.dtype, copy=True)
         if side in ("right", "full"):
             new["proj_right" if side == "full" else "proj"] = vh[:r, :].to(grad.dtype, copy=True)
-        for key, value in new.items():
-            if key in state:
-                state[key].copy_(value)  # reuse the tensor held since the last refresh
-            else:
-                state[key] = value
+        return new
 
     @staticmethod
     def _project(grad: torch.Tensor, state: dict[str, Any], side: str) -> torch.Tensor:
@@ -195,7 +199,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 side = projector_side(group["proj_type"], *p.shape)
                 since = state["step"] - group["full_rank_warmup_steps"]
                 if since % group["update_proj_gap"] == 0:
-                    self._refresh(grad, state, group)
+                    self._refresh(p, grad, state, group)
                     if since > 0 and group["reset_state_on_refresh"]:
                         state["exp_avg"].zero_()
                         state["exp_avg_sq"].zero_()
