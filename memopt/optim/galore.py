@@ -178,13 +178,14 @@ class GaLoreAdamW(torch.optim.Optimizer):
         projected gradient of this step, `p.grad` still the full one."""
         self._apply_back(p, direction, state, side, alpha * group["scale"])
 
-    def _group_step(self, group: dict[str, Any]) -> None:
+    def _group_step(self, group: dict[str, Any], only: list[torch.Tensor] | None = None) -> None:
+        """Update the group's params that have a gradient (of `only`, when given: the layer-wise hook's one)."""
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         rank = group.get("rank")
         params, grads, exp_avgs, exp_avg_sqs, step_sizes = [], [], [], [], []
         low_rank: list[tuple[torch.Tensor, dict[str, Any], str, int]] = []  # (param, state, side, index)
-        for p in group["params"]:
+        for p in group["params"] if only is None else only:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
