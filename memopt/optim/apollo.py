@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.targets import check, split_params
+from memopt.optim.checks import check, check_adam_args, check_choice, check_range
+from memopt.optim.targets import split_params
 
 _SEED_ADVANCE = 15
 
@@ -51,11 +52,7 @@ class APOLLO(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
                  scale_front: bool = False, disable_nl: bool = False, seed: int = 0,
                  regenerate_projector: bool = False):
-        check("lr", lr, 0.0, math.inf)
-        check("betas[0]", betas[0], 0.0, 1.0)
-        check("betas[1]", betas[1], 0.0, 1.0)
-        check("eps", eps, 0.0, math.inf)
-        check("weight_decay", weight_decay, 0.0, math.inf)
+        check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scale_front=bool(scale_front),
                         disable_nl=bool(disable_nl), regenerate_projector=bool(regenerate_projector))
         super().__init__(params, defaults)
@@ -66,15 +63,13 @@ class APOLLO(torch.optim.Optimizer):
                 group.setdefault("scale", 1.0)
                 group.setdefault("scale_type", "channel")
                 group.setdefault("proj_type", "std")
-                check("rank", group["rank"], 1, math.inf)
-                check("update_proj_gap", group["update_proj_gap"], 1, math.inf)
-                check("scale", group["scale"], 0.0, math.inf, lo_open=True)
-                if group["scale_type"] not in ("channel", "tensor"):
-                    raise ValueError(f"scale_type must be 'channel' or 'tensor', got {group['scale_type']!r}")
-                if group["proj_type"] != "std":
-                    raise ValueError(f"proj_type must be 'std', got {group['proj_type']!r}")
-                if any(p.dim() != 2 for p in group["params"]):
-                    raise ValueError("groups with a rank must hold 2-D weights only")
+                check_range("rank", group["rank"], 1)
+                check_range("update_proj_gap", group["update_proj_gap"], 1)
+                check_range("scale", group["scale"], 0.0, lo_open=True)
+                check_choice("scale_type", group["scale_type"], ("channel", "tensor"))
+                check_choice("proj_type", group["proj_type"], ("std",))
+                check(all(p.dim() == 2 for p in group["params"]), "params of a group with a rank",
+                      [tuple(p.shape) for p in group["params"]], "2-D weights only")
             for p in group["params"]:
                 index += 1
                 if p.requires_grad:

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from memopt.memory import optimizer_state_bytes
 from memopt.models import build_model
 from memopt.optim import build, expected_state_bytes
 from memopt.optim.apollo import APOLLO, next_seed, projector
 from memopt.optim.targets import split_params
-from memopt.optim.testing import Tiny, resume_matches, state_bytes, train
+from memopt.optim.testing import Tiny, resume_matches, train
 
 
 @pytest.mark.parametrize("scale_type,scale,scale_front", [("channel", 1.0, False), ("tensor", 128.0, True),
@@ -74,7 +75,7 @@ def test_state_bytes_formula(name, kw):
     for model, vocab in ((Tiny(), 16), (build_model("llama-micro", vocab_size=64), 64)):
         opt = build(name, model, **kw)
         train(model, opt, range(2), vocab)
-        assert state_bytes(opt) == expected_state_bytes(name, model, **kw)
+        assert optimizer_state_bytes(opt) == expected_state_bytes(name, model, **kw)
 
 
 @pytest.mark.parametrize("name", ["apollo", "apollo-mini"])

@@ -190,3 +190,39 @@ def test_step_without_closure_is_an_error():
 def test_bad_values_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BlockLLM(Tiny().named_parameters(), **kwargs)
+
+
+def test_frozen_patterns_default_is_the_authors():
+    from memopt.optim import hyperparameters
+    assert hyperparameters("blockllm")["frozen_patterns"] == ("embed", "lm_head")
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), sparsity=0.0)
+    assert opt.frozen_names == ["embed.weight", "lm_head.weight"]
+    assert not model.embed.weight.requires_grad and not model.lm_head.weight.requires_grad
+
+
+def test_empty_frozen_patterns_makes_embeddings_candidates_and_trains_them():
+    from memopt.memory import optimizer_state_bytes
+    from memopt.optim import build, expected_state_bytes
+    model = Tiny()
+    embed0, head0 = model.embed.weight.detach().clone(), model.lm_head.weight.detach().clone()
+    opt = build("blockllm", model, lr=0.01, sparsity=0.0, frozen_patterns=())
+    assert opt.frozen_names == [] and "embed.weight" in opt.names and "lm_head.weight" in opt.names
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        opt.step(make_closure(model, opt, gen))
+    assert not torch.equal(model.embed.weight, embed0) and not torch.equal(model.lm_head.weight, head0)
+    assert optimizer_state_bytes(opt) == expected_state_bytes("blockllm", model, sparsity=0.0, frozen_patterns=())
+    # with a budget below everything, the selection may now pick the embedding like any other tensor
+    model2 = Tiny()
+    for p in model2.parameters():
+        p.grad = torch.zeros_like(p)
+    model2.embed.weight.grad = torch.ones_like(model2.embed.weight)  # by far the largest norm
+    opt2 = BlockLLM(model2.named_parameters(), sparsity=0.7, frozen_patterns=[])
+    assert opt2.selected[opt2.names.index("embed.weight")] and model2.embed.weight.requires_grad
+
+
+@pytest.mark.parametrize("bad", ["embed", ("embed", 3), ("",)])
+def test_frozen_patterns_checked(bad):
+    with pytest.raises(ValueError, match="frozen_patterns"):
+        BlockLLM(Tiny().named_parameters(), frozen_patterns=bad)

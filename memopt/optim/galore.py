@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from memopt.optim.checks import check, check_adam_args, check_choice, check_range
 from memopt.optim.registry import MethodSpec, register
+from memopt.optim.targets import TARGET_KEYS, split_params
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
@@ -65,34 +67,19 @@ def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
     return 2 * rank * rank + rank * (m + n)
 
 
-def _check_range(ok: bool, what: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {what}: {value!r}; valid: {valid}")
-
-
-def check_adam_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    _check_range(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
-    _check_range(len(tuple(betas)) == 2, "betas", betas, "a pair (beta1, beta2) in [0, 1)")
-    for i, b in enumerate(betas):
-        _check_range(0.0 <= b < 1.0, f"betas[{i}]", b, "0 <= beta < 1")
-    _check_range(eps >= 0.0, "eps", eps, "eps >= 0")
-    _check_range(weight_decay >= 0.0, "weight_decay", weight_decay, "weight_decay >= 0")
-
-
 def check_galore_args(
     rank: int, update_proj_gap: int, scale: float, proj_type: str, full_rank_warmup_steps: int,
     reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (),
 ) -> None:
-    _check_range(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, "rank", rank, "an int >= 1")
+    check_range("rank", rank, 1, integer=True)
     for shape in shapes:
-        _check_range(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
-        _check_range(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
-    _check_range(isinstance(update_proj_gap, int) and update_proj_gap >= 1, "update_proj_gap", update_proj_gap, "an int >= 1")
-    _check_range(isinstance(scale, (int, float)) and scale > 0, "scale", scale, "a number > 0")
-    _check_range(proj_type in PROJ_TYPES, "proj_type", proj_type, ", ".join(PROJ_TYPES))
-    _check_range(isinstance(full_rank_warmup_steps, int) and full_rank_warmup_steps >= 0,
-                 "full_rank_warmup_steps", full_rank_warmup_steps, "an int >= 0")
-    _check_range(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
+        check(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
+        check(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
+    check_range("update_proj_gap", update_proj_gap, 1, integer=True)
+    check_range("scale", scale, 0.0, lo_open=True)
+    check_choice("proj_type", proj_type, PROJ_TYPES)
+    check_range("full_rank_warmup_steps", full_rank_warmup_steps, 0, integer=True)
+    check(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -127,7 +114,15 @@ class GaLoreAdamW(torch.optim.Optimizer):
                               g["reset_state_on_refresh"], [tuple(p.shape) for p in g["params"]])
 
     # --- projection -------------------------------------------------------------------------
-    def _refresh(self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _refresh(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        for key, value in self._new_projectors(p, grad, state, group).items():
+            if key in state:
+                state[key].copy_(value)  # reuse the tensor held since the last refresh
+            else:
+                state[key] = value
+
+    def _new_projectors(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{'proj': ...} or {'proj_left': ..., 'proj_right': ...} from the SVD of `grad` (GoLore overrides)."""
         r = group["rank"]
         u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
         side = projector_side(group["proj_type"], *grad.shape)
@@ -137,11 +132,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             new["proj_left" if side == "full" else "proj"] = u[:, :r].to(grad.dtype, copy=True)
         if side in ("right", "full"):
             new["proj_right" if side == "full" else "proj"] = vh[:r, :].to(grad.dtype, copy=True)
-        for key, value in new.items():
-            if key in state:
-                state[key].copy_(value)  # reuse the tensor held since the last refresh
-            else:
-                state[key] = value
+        return new
 
     @staticmethod
     def _project(grad: torch.Tensor, state: dict[str, Any], side: str) -> torch.Tensor:
@@ -150,6 +141,15 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if side == "left":
             return state["proj"].t() @ grad
         return state["proj_left"].t() @ grad @ state["proj_right"].t()
+
+    @staticmethod
+    def _project_back(low: torch.Tensor, state: dict[str, Any], side: str) -> torch.Tensor:
+        """project_back as a new m x n tensor (the fused `_apply_back` avoids it where it can)."""
+        if side == "right":
+            return low @ state["proj"]
+        if side == "left":
+            return state["proj"] @ low
+        return state["proj_left"] @ low @ state["proj_right"]
 
     @staticmethod
     def _apply_back(p: torch.Tensor, n: torch.Tensor, state: dict[str, Any], side: str, alpha: float) -> None:
@@ -172,13 +172,20 @@ class GaLoreAdamW(torch.optim.Optimizer):
             self._group_step(group)
         return loss
 
-    def _group_step(self, group: dict[str, Any]) -> None:
+    def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
+                          low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
+        """W += alpha * scale * project_back(direction); subclasses (Fira) add to it. `low_grad` is the
+        projected gradient of this step, `p.grad` still the full one."""
+        self._apply_back(p, direction, state, side, alpha * group["scale"])
+
+    def _group_step(self, group: dict[str, Any], only: list[torch.Tensor] | None = None) -> None:
+        """Update the group's params that have a gradient (of `only`, when given: the layer-wise hook's one)."""
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         rank = group.get("rank")
         params, grads, exp_avgs, exp_avg_sqs, step_sizes = [], [], [], [], []
         low_rank: list[tuple[torch.Tensor, dict[str, Any], str, int]] = []  # (param, state, side, index)
-        for p in group["params"]:
+        for p in group["params"] if only is None else only:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
@@ -193,7 +200,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 side = projector_side(group["proj_type"], *p.shape)
                 since = state["step"] - group["full_rank_warmup_steps"]
                 if since % group["update_proj_gap"] == 0:
-                    self._refresh(grad, state, group)
+                    self._refresh(p, grad, state, group)
                     if since > 0 and group["reset_state_on_refresh"]:
                         state["exp_avg"].zero_()
                         state["exp_avg_sq"].zero_()
@@ -229,7 +236,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             torch._foreach_addcdiv_([params[i] for i in full], [exp_avgs[i] for i in full], [denoms[i] for i in full],
                                     [-step_sizes[i] for i in full])
         for p, state, side, i in low_rank:
-            self._apply_back(p, exp_avgs[i] / denoms[i], state, side, -step_sizes[i] * group["scale"])
+            self._update_projected(p, state, side, exp_avgs[i] / denoms[i], grads[i], -step_sizes[i], group)
         if wd > 0.0:
             torch._foreach_add_(params, params, alpha=-lr * wd)  # decoupled, full rank, after the update
 
@@ -242,18 +249,10 @@ def galore_param_groups(
     proj_type: str = "std",
     reset_state_on_refresh: bool = False,
     full_rank_warmup_steps: int = 0,
-    targets: tuple[str, ...] = ("attn", "mlp"),
+    targets: tuple[str, ...] = TARGET_KEYS,
 ) -> list[dict[str, Any]]:
-    """Two groups: 2-D weights of nn.Linear modules named like `targets` (projected), and the rest."""
-    projected_ids: set[int] = set()
-    projected: list[nn.Parameter] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(t in name for t in targets):
-            w = module.weight
-            if w.requires_grad and w.dim() == 2 and id(w) not in projected_ids:
-                projected_ids.add(id(w))
-                projected.append(w)
-    plain = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
+    """Two groups: the weights `targets.split_params` picks (projected), and every other trainable tensor."""
+    projected, plain = split_params(model, targets)
     groups: list[dict[str, Any]] = []
     if plain:
         groups.append({"params": plain})

@@ -22,7 +22,8 @@ from torch import nn
 
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.reparam import planned_trainables, reparameterize
-from memopt.optim.targets import check, target_linears
+from memopt.optim.checks import check_adam_args, check_choice, check_range
+from memopt.optim.targets import target_linears
 
 
 class LoROLinear(nn.Module):
@@ -69,14 +70,9 @@ class LoRO(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
                  exact_every: int = 500, lr_scaler: float = -1.0, refresh: str | None = "all"):
-        check("lr", lr, 0.0, math.inf)
-        check("betas[0]", betas[0], 0.0, 1.0)
-        check("betas[1]", betas[1], 0.0, 1.0)
-        check("eps", eps, 0.0, math.inf)
-        check("weight_decay", weight_decay, 0.0, math.inf)
-        check("exact_every", exact_every, 1, math.inf)
-        if refresh not in (None, "all", "lrk", "reg"):
-            raise ValueError(f"refresh must be one of None, 'all', 'lrk', 'reg', got {refresh!r}")
+        check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
+        check_range("exact_every", exact_every, 1)
+        check_choice("refresh", refresh, (None, "all", "lrk", "reg"))
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, exact_every=int(exact_every),
                         lr_scaler=lr_scaler, refresh=refresh, loro=False, t=0)
         super().__init__(params, defaults)
@@ -150,10 +146,9 @@ class LoRO(torch.optim.Optimizer):
 
 
 def build_loro(model, lr, betas, eps, weight_decay, rank, exact_every, lr_scaler, refresh):
-    check("rank", rank, 1, math.inf)
+    check_range("rank", rank, 1)
     for _, lin in target_linears(model):
-        if rank > min(lin.in_features, lin.out_features):
-            raise ValueError(f"rank must be in [1, {min(lin.in_features, lin.out_features)}] for LoRO, got {rank}")
+        check_range("rank", rank, 1, min(lin.in_features, lin.out_features), hi_open=False)
     modules = reparameterize(model, lambda i, n, lin: LoROLinear(lin, rank))
     pairs = [p for m in modules for p in (m.weight_out, m.weight_in)]
     ids = {id(p) for p in pairs}

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.targets import check, target_linears
+from memopt.optim.checks import check_range
+from memopt.optim.targets import target_linears
 
 
 def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -127,8 +128,8 @@ def _adamw(params, lr, betas, eps, weight_decay, cls=torch.optim.AdamW, **kw):
 
 
 def _checks(rank: int, alpha: float) -> None:
-    check("rank", rank, 1, math.inf)
-    check("alpha", alpha, 0.0, math.inf, lo_open=True)
+    check_range("rank", rank, 1)
+    check_range("alpha", alpha, 0.0, lo_open=True)
 
 
 # ---- Low-Rank ----
@@ -175,7 +176,7 @@ def low_rank_state_bytes(model, rank, **_):
 
 def build_sltrain(model, lr, betas, eps, weight_decay, rank, alpha, density, seed):
     _checks(rank, alpha)
-    check("density", density, 0.0, 1.0, lo_open=True)
+    check_range("density", density, 0.0, 1.0, lo_open=True)
     reparameterize(model, lambda i, n, lin: SparseLowRankLinear(lin, rank, alpha, density, seed * 100_003 + i))
     return _adamw(_trainable(model), lr, betas, eps, weight_decay)
 
@@ -191,11 +192,9 @@ class ReLoRAAdamW(torch.optim.AdamW):
 
     def __init__(self, params, modules: list[LowRankLinear], relora_steps: int, restart_warmup_steps: int,
                  prune_ratio: float, seed: int = 0, **kw):
-        check("relora_steps", relora_steps, 1, math.inf)
-        check("restart_warmup_steps", restart_warmup_steps, 0, math.inf)
-        check("prune_ratio", prune_ratio, 0.0, 1.0)
-        if restart_warmup_steps > relora_steps:
-            raise ValueError(f"restart_warmup_steps must be in [0, relora_steps={relora_steps}], got {restart_warmup_steps}")
+        check_range("relora_steps", relora_steps, 1)
+        check_range("prune_ratio", prune_ratio, 0.0, 1.0)
+        check_range("restart_warmup_steps", restart_warmup_steps, 0, relora_steps, hi_open=False)
         super().__init__(params, **kw)
         self.modules = modules
         for g in self.param_groups:

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
+from memopt.memory import optimizer_state_bytes
 from memopt.models import build_model
 from memopt.optim import build, expected_state_bytes
 from memopt.optim import loro as loro_mod
 from memopt.optim.loro import LoROLinear, exact_step
 from memopt.optim.reparam import LowRankLinear, SparseLowRankLinear, magnitude_prune, merged_state_dict
-from memopt.optim.testing import Tiny, loss_of, resume_matches, state_bytes, train
+from memopt.optim.testing import Tiny, loss_of, resume_matches, train
 
 X = torch.randn(3, 8)
 
@@ -149,7 +150,7 @@ def test_state_bytes_formula(name, kw):
         opt = build(name, model, **kw)
         assert expected_state_bytes(name, model, **kw) == before  # same answer before and after reparam
         train(model, opt, range(3), vocab)
-        assert state_bytes(opt) == before
+        assert optimizer_state_bytes(opt) == before
 
 
 @pytest.mark.parametrize("name,kw", [("low-rank", {"rank": 2}), ("sltrain", {"rank": 2, "density": 0.2}),

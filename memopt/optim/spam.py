@@ -13,15 +13,8 @@ import torch
 from torch import nn
 
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.targets import check, split_params
-
-
-def _checks(lr: float, betas, eps: float, weight_decay: float) -> None:
-    check("lr", lr, 0.0, math.inf)
-    check("betas[0]", betas[0], 0.0, 1.0)
-    check("betas[1]", betas[1], 0.0, 1.0)
-    check("eps", eps, 0.0, math.inf)
-    check("weight_decay", weight_decay, 0.0, math.inf)
+from memopt.optim.checks import check, check_adam_args, check_range
+from memopt.optim.targets import split_params
 
 
 def spam_warmup_factor(t: int, reset_interval: int, warmup_steps: int) -> float:
@@ -59,20 +52,20 @@ class SPAM(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
                  threshold: float = 5000.0, reset_interval: int = 500, warmup_steps: int = 150,
                  clip_delay: int = 20, density: float = 1.0, seed: int = 0):
-        _checks(lr, betas, eps, weight_decay)
-        check("threshold", threshold, 0.0, math.inf)
-        check("reset_interval", reset_interval, 0, math.inf)
-        check("warmup_steps", warmup_steps, 0, math.inf)
-        check("clip_delay", clip_delay, 0, math.inf)
-        check("density", density, 0.0, 1.0, lo_open=True, hi_open=False)
+        check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
+        check_range("threshold", threshold, 0.0)
+        check_range("reset_interval", reset_interval, 0)
+        check_range("warmup_steps", warmup_steps, 0)
+        check_range("clip_delay", clip_delay, 0)
+        check_range("density", density, 0.0, 1.0, lo_open=True, hi_open=False)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, threshold=threshold,
                         reset_interval=int(reset_interval), warmup_steps=int(warmup_steps),
                         clip_delay=int(clip_delay), density=density, seed=int(seed), total_step=0)
         super().__init__(params, defaults)
         for g in self.param_groups:
-            check("density", g["density"], 0.0, 1.0, lo_open=True, hi_open=False)
-            if g["density"] < 1.0 and any(p.dim() != 2 for p in g["params"]):
-                raise ValueError("density < 1 needs 2-D weights only in its group")
+            check_range("density", g["density"], 0.0, 1.0, lo_open=True, hi_open=False)
+            check(g["density"] == 1.0 or all(p.dim() == 2 for p in g["params"]), "params of a group with density < 1",
+                  [tuple(p.shape) for p in g["params"]], "2-D weights only")
 
     def _index(self, p) -> int:
         return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
@@ -166,16 +159,16 @@ class StableSPAM(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999, reset_interval: int = 1000,
                  total_steps: int | None = None, eta_min: float = 0.5, separate_ema_step: bool = False):
-        _checks(lr, betas, eps, weight_decay)
+        check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
         if gamma1 == -1:  # authors: gamma1 = -1 means "use beta1"
             gamma1 = betas[0]
-        check("gamma1", gamma1, 0.0, 1.0)
-        check("gamma2", gamma2, 0.0, 1.0)
-        check("gamma3", gamma3, 0.0, 1.0)
-        check("reset_interval", reset_interval, 0, math.inf)
-        check("eta_min", eta_min, 0.0, 1.0, hi_open=False)
+        check_range("gamma1", gamma1, 0.0, 1.0)
+        check_range("gamma2", gamma2, 0.0, 1.0)
+        check_range("gamma3", gamma3, 0.0, 1.0)
+        check_range("reset_interval", reset_interval, 0)
+        check_range("eta_min", eta_min, 0.0, 1.0, hi_open=False)
         if total_steps is not None:
-            check("total_steps", total_steps, 1, math.inf)
+            check_range("total_steps", total_steps, 1)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         gamma3=gamma3, reset_interval=int(reset_interval), total_steps=total_steps, eta_min=eta_min,
                         separate_ema_step=bool(separate_ema_step), total_step=0)

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
+from memopt.memory import optimizer_state_bytes
 from memopt.models import build_model
 from memopt.optim import build, expected_state_bytes
 from memopt.optim.spam import SPAM, StableSPAM, spam_warmup_factor
-from memopt.optim.testing import Tiny, resume_matches, state_bytes, train
+from memopt.optim.testing import Tiny, resume_matches, train
 
 
 def _one_param_step(opt, p, g):
@@ -83,14 +84,14 @@ def test_spam_state_bytes_formula(density):
         opt = build("spam", model, density=density)
         vocab = 16 if isinstance(model, Tiny) else 64
         train(model, opt, range(2), vocab)
-        assert state_bytes(opt) == expected_state_bytes("spam", model, density=density)
+        assert optimizer_state_bytes(opt) == expected_state_bytes("spam", model, density=density)
 
 
 def test_stable_spam_state_bytes_formula():
     for model, vocab in ((Tiny(), 16), (build_model("llama-micro", vocab_size=64), 64)):
         opt = build("stable-spam", model)
         train(model, opt, range(2), vocab)
-        assert state_bytes(opt) == expected_state_bytes("stable-spam", model)
+        assert optimizer_state_bytes(opt) == expected_state_bytes("stable-spam", model)
 
 
 @pytest.mark.parametrize("name,kw", [("spam", {"reset_interval": 3, "warmup_steps": 2, "clip_delay": 1}),

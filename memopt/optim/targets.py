@@ -18,16 +18,12 @@ def target_linears(model: nn.Module, keys: Iterable[str] = TARGET_KEYS) -> list[
 
 def split_params(model: nn.Module, keys: Iterable[str] = TARGET_KEYS) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(target weights, every other trainable parameter), each in model order."""
-    targets = [m.weight for _, m in target_linears(model, keys) if m.weight.requires_grad]
-    ids = {id(p) for p in targets}
+    targets: list[nn.Parameter] = []
+    ids: set[int] = set()
+    for _, m in target_linears(model, keys):
+        # a weight shared by two target linears (tied) is listed once: a param group must not repeat it
+        if m.weight.requires_grad and id(m.weight) not in ids:
+            ids.add(id(m.weight))
+            targets.append(m.weight)
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     return targets, rest
-
-
-def check(name: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> None:
-    """ValueError naming the valid range unless lo <(=) value <(=) hi."""
-    ok_lo = value > lo if lo_open else value >= lo
-    ok_hi = value < hi if hi_open else value <= hi
-    if not (ok_lo and ok_hi):
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")

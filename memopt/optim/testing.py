@@ -1,6 +1,5 @@
-"""Test helpers shared by the family's tests: tiny models, a seeded loss, measured
-optimizer-state bytes (until memopt.memory.optimizer_state_bytes lands) and a
-save/load resume check."""
+"""Test helpers shared by the family's tests: tiny models, a seeded loss and a
+save/load resume check. Measured state bytes: memopt.memory.optimizer_state_bytes."""
 from __future__ import annotations
 
 import io
@@ -46,28 +45,6 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, vocab: int
             loss.backward()
             return loss
         opt.step(closure)
-
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
-def state_bytes(opt: torch.optim.Optimizer, *extra) -> int:
-    """Bytes of the unique storages held in opt.state (plus any extra objects)."""
-    seen, total = set(), 0
-    for t in _tensors([list(opt.state.values()), list(extra)]):
-        s = t.untyped_storage()
-        if s.data_ptr() not in seen:
-            seen.add(s.data_ptr())
-            total += s.nbytes()
-    return total
 
 
 def resume_matches(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], k: int, n: int, vocab: int = 16) -> bool:

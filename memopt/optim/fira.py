@@ -1,0 +1,110 @@
+"""Fira (arXiv 2410.01623; authors' package `fira`, class `FiraAdamW`): GaLore-Adam in the
+rank-r subspace plus the gradient's residual outside it, scaled like Adam would scale it.
+
+Per projected m x n weight, step t (R = projected gradient, N = m/(sqrt(v)+eps) in the
+subspace, both r-wide along the projected side; scale = the authors' `alpha`):
+  1. GaLore's subspace update: scale * project_back(N)         (GaLoreAdamW, reused)
+  2. residual S = G - scale * project_back(R), multiplied per channel by
+     phi = ||N||/(||R|| + 1e-8), the norms taken along the rank axis: one factor per row
+     with a right projector (R m x r), per column with a left one (R r x n). The authors
+     pick the axis from R's shape (dim 0 if R has fewer rows than columns); that is the
+     same axis except when rank equals the projected side's length, where theirs fails
+     to broadcast. proj_type `full` (R r x r) has no such factor: rejected, as in effect
+     in the authors' code (it raises there at the first step);
+  3. norm-growth limiter (authors' gamma 1.01): if ||S_t|| > 1.01 * ||S_{t-1}|| (the
+     kept, already limited norm), S_t is scaled down to exactly 1.01 * ||S_{t-1}||;
+  4. W -= step_size * (1. + S_t), then decoupled weight decay as GaLore.
+Everything else (refresh schedule, Adam form, plain groups, options) is GaLoreAdamW's.
+
+Authors' code vs paper: their residual subtracts the *scaled* back-projection
+(project_back multiplies by alpha, and they reuse it for P P^T G), so with the
+scripts' alpha 0.25 the residual still holds 3/4 of the in-subspace gradient. That
+is the default here (differential test in fira_test.py); `exact_residual=True`
+gives the paper's G - P P^T G.
+
+State per projected weight: GaLore's (two moments in the projected shape + the
+projector) plus the limiter's last norm, a 0-d tensor of the gradient's dtype
+(one element). Plain tensors: 2 * numel, as AdamW.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from memopt.optim.checks import check, check_choice
+from memopt.optim.galore import GaLoreAdamW, galore_param_groups, galore_state_bytes
+from memopt.optim.registry import MethodSpec, register
+
+FIRA_PROJ_TYPES = ("std", "reverse_std", "left", "right")
+GROWTH_LIMIT = 1.01  # authors' gamma: the residual's norm may grow at most 1.01x per step
+
+
+class FiraAdamW(GaLoreAdamW):
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any, exact_residual: bool = False,
+                 **kwargs: Any) -> None:
+        check(isinstance(exact_residual, bool), "exact_residual", exact_residual, "True or False")
+        super().__init__(params, lr, *args, **kwargs)
+        for group in self.param_groups:
+            if group.get("rank") is not None:
+                # `full` gives an r x r projected gradient: no per-channel factor fits an m x n residual
+                check_choice("proj_type", group["proj_type"], FIRA_PROJ_TYPES)
+        # A Fira-only default: filled into the groups made so far and, through self.defaults,
+        # into any group added later.
+        self.defaults["exact_residual"] = exact_residual
+        for group in self.param_groups:
+            group.setdefault("exact_residual", exact_residual)
+            check(isinstance(group["exact_residual"], bool), "exact_residual", group["exact_residual"], "True or False")
+
+    def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
+                          low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
+        scale = group["scale"]
+        back = self._project_back(low_grad, state, side)
+        residual = p.grad - (back if group["exact_residual"] else back.mul_(scale))
+        # reduce over the rank axis: one factor per row (right projector, R is m x r) or per column (left)
+        if side == "right":
+            phi = (direction.norm(dim=1) / (low_grad.norm(dim=1) + 1e-8)).unsqueeze(1)
+        else:
+            phi = direction.norm(dim=0) / (low_grad.norm(dim=0) + 1e-8)
+        residual.mul_(phi)
+        norm = residual.norm()
+        if "limiter_norm" in state:
+            # factor >= 1: divide by it so the norm grows at most GROWTH_LIMIT-fold over the kept one
+            factor = torch.clamp(norm / (state["limiter_norm"] + 1e-8), min=GROWTH_LIMIT) / GROWTH_LIMIT
+            residual.div_(factor)
+            state["limiter_norm"].copy_(norm / factor)
+        else:
+            state["limiter_norm"] = norm
+        self._apply_back(p, direction, state, side, alpha * scale)
+        p.add_(residual, alpha=alpha)
+
+
+# --- registry -------------------------------------------------------------------------------
+def build_fira(model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
+               betas: tuple[float, float], eps: float, weight_decay: float, exact_residual: bool) -> FiraAdamW:
+    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type)
+    return FiraAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
+                     scale=scale, proj_type=proj_type, exact_residual=exact_residual)
+
+
+def fira_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -> int:
+    """GaLore's bytes plus one element (the limiter's norm) per projected weight, from step 1 on."""
+    hp.pop("exact_residual", None)
+    projected = [p for g in galore_param_groups(model, rank) if "rank" in g for p in g["params"]]
+    return galore_state_bytes(model, rank, proj_type, **hp) + sum(p.element_size() for p in projected)
+
+
+FIRA = register(
+    MethodSpec(
+        name="fira",
+        builder=build_fira,
+        state_bytes=fira_state_bytes,
+        defaults={  # the authors' llama_60m script: lr 0.01, alpha 0.25, rank 128, gap 200
+            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
+            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "exact_residual": False,
+        },
+        summary="Fira: GaLore-Adam in the subspace plus the residual gradient scaled by ||N||/||R||, norm-growth limited",
+        paper="arXiv 2410.01623",
+    )
+)
