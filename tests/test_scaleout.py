@@ -1,0 +1,111 @@
+"""Beyond one process: the training options every method shares, model presets, DDP through torchrun,
+an MLflow tracking server and Prefect work pools. Real components throughout (sqlite MLflow stores,
+real torchrun with gloo, a real `mlflow server`, a real Prefect worker)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from memopt.data import DEFAULT_DATASET, TokenizedData, tokenize_dataset
+from memopt.models import build_model
+from memopt.tracking import child_run, open_parent_run
+from memopt.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("tokens") / "micro"
+    return str(tokenize_dataset(DEFAULT_DATASET, None, 32, root, vocab_size=256).root)
+
+
+def make_config(tmp: Path, data_dir: str, name: str, method: str = "adamw", **overrides) -> TrainConfig:
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = open_parent_run(client, None, run_name=name)
+    run_id = child_run(client, parent, method).info.run_id
+    fields = dict(
+        method=method, model_name="llama-micro", data_dir=data_dir, output_dir=str(tmp / name / method),
+        run_id=run_id, tracking_uri=uri, batch_size=4, max_steps=3, eval_every=100, checkpoint_every=100,
+        memory_interval_s=0.5,
+    )
+    return TrainConfig(**{**fields, **overrides})
+
+
+def final_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(cfg.output_dir) / "final" / "model.safetensors"))
+
+
+# --- 1. training options -----------------------------------------------------------------------
+
+def test_accumulation_equals_the_whole_batch_at_once(data_dir, tmp_path):
+    whole = make_config(tmp_path, data_dir, "whole", batch_size=8)
+    accumulated = make_config(tmp_path, data_dir, "accumulated", batch_size=2, total_batch_size=8)
+    train(whole)
+    train(accumulated)
+    expected, got = final_weights(whole), final_weights(accumulated)
+    initial = build_model("llama-micro", vocab_size=TokenizedData(Path(data_dir)).vocab_size).state_dict()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert not torch.equal(expected[name], initial[name]), f"{name} did not train"
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    client = MlflowClient(accumulated.tracking_uri)
+    params = client.get_run(accumulated.run_id).data.params
+    assert (params["grad_accum_steps"], params["global_batch_size"]) == ("4", "8")
+    whole_loss = client.get_metric_history(whole.run_id, "train_loss")
+    accumulated_loss = client.get_metric_history(accumulated.run_id, "train_loss")
+    assert [m.value for m in accumulated_loss] == pytest.approx([m.value for m in whole_loss], rel=1e-5)
+
+
+def test_grad_clip_bounds_the_update(data_dir, tmp_path):
+    """One AdamW step with eps far above |g| moves each weight by about lr·g/eps: the update is linear in
+    the gradient, so its norm shows the gradient norm the optimizer saw."""
+    lr, eps, clip = 1.0, 1e3, 0.05
+    hp = {"eps": eps, "weight_decay": 0.0}
+    cfg = make_config(tmp_path, data_dir, "clip", max_steps=1, warmup_steps=0, lr=lr, grad_clip=clip, method_args=hp)
+    unclipped = make_config(tmp_path, data_dir, "unclipped", max_steps=1, warmup_steps=0, lr=lr, method_args=hp)
+    train(cfg)
+    train(unclipped)
+    initial = build_model("llama-micro", vocab_size=TokenizedData(Path(data_dir)).vocab_size).state_dict()
+
+    def seen_grad_norm(c: TrainConfig) -> float:
+        w = final_weights(c)
+        return math.sqrt(sum(((w[k] - initial[k]).double() ** 2).sum().item() for k in w)) * eps / lr
+
+    logged = MlflowClient(cfg.tracking_uri).get_run(cfg.run_id).data.metrics["grad_norm"]
+    assert logged > 10 * clip, "the test needs a gradient larger than the clip"
+    assert seen_grad_norm(cfg) == pytest.approx(clip, rel=1e-3)
+    assert seen_grad_norm(unclipped) == pytest.approx(logged, rel=1e-3)
+
+
+def test_best_model_is_the_final_one(data_dir, tmp_path):
+    """A learning rate too high once warmed up: validation loss falls, then rises; the final model is the best step's."""
+    cfg = make_config(
+        tmp_path, data_dir, "best", max_steps=6, eval_every=1, checkpoint_every=1, save_total_limit=6,
+        lr=0.1, warmup_steps=3, metric_for_best_model="val_loss",
+    )
+    train(cfg)
+    client = MlflowClient(cfg.tracking_uri)
+    history = {m.step: m.value for m in client.get_metric_history(cfg.run_id, "val_loss") if m.step > 0}
+    best_step = min(history, key=history.get)
+    assert best_step != 6, f"the test needs a best step before the last one: {history}"
+    metrics = client.get_run(cfg.run_id).data.metrics
+    assert metrics["best_step"] == best_step and metrics["best_val_loss"] == history[best_step]
+    at_best = load_file(str(Path(cfg.output_dir) / "checkpoints" / f"step-{best_step:08d}" / "model.safetensors"))
+    final = final_weights(cfg)
+    for name in final:
+        assert torch.equal(final[name], at_best[name]), name
+    kept = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").glob("step-*"))
+    assert kept == [f"step-{s:08d}" for s in range(1, 7)]
+
+
+def test_save_total_limit_and_bf16_weights(data_dir, tmp_path):
+    cfg = make_config(tmp_path, data_dir, "bf16", max_steps=3, checkpoint_every=1, save_total_limit=2, dtype="bf16")
+    train(cfg)
+    kept = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000002", "step-00000003"]
+    assert {t.dtype for t in final_weights(cfg).values()} == {torch.bfloat16}
