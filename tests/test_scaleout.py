@@ -109,3 +109,46 @@ def test_save_total_limit_and_bf16_weights(data_dir, tmp_path):
     kept = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").glob("step-*"))
     assert kept == ["step-00000002", "step-00000003"]
     assert {t.dtype for t in final_weights(cfg).values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size", "4", "--total_batch_size", "6"], "--total_batch_size: got 6; must be a multiple of --batch_size × world size = 4 × 1"),
+        (["--batch_size", "2", "--nproc_per_node", "2", "--total_batch_size", "6"], "2 × 2 = 4"),
+        (["--total_batch_size", "-8"], "--total_batch_size: got -8"),
+        (["--warmup_steps", "-1"], "--warmup_steps: got -1"),
+        (["--max_steps", "5", "--warmup_steps", "6"], "at most --max_steps 5"),
+        (["--dtype", "fp16"], "--dtype: got 'fp16'; must be one of fp32, bf16"),
+        (["--grad_clip", "-1"], "--grad_clip: got -1.0"),
+        (["--grad_clip", "inf"], "--grad_clip: got inf"),
+        (["--save_total_limit", "0"], "--save_total_limit: got 0"),
+        (["--metric_for_best_model", "answer_accuracy"], "measured once, on the final model"),
+        (["--metric_for_best_model", "loss"], "must be empty (the last model) or one of val_loss, val_perplexity"),
+        (["--nproc_per_node", "0"], "--nproc_per_node: got 0"),
+        (["--nnodes", "2"], "--rdzv_endpoint: empty with --nnodes 2"),
+        (["--nnodes", "2", "--rdzv_endpoint", "node0"], "--rdzv_endpoint: got 'node0'; must be HOST:PORT"),
+    ],
+)
+def test_bad_training_options_are_one_clear_error_and_nothing_starts(args, message, tmp_path, capsys):
+    from flows.compare import main
+
+    defaults = ["--tracking_uri", f"sqlite:///{tmp_path}/mlflow.db", "--output_dir", str(tmp_path / "results"),
+                "--model_name", "llama-micro"]
+    assert main([*defaults, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_the_mlproject_passes_every_flow_option():
+    """Each option of the flow's command line is an MLproject parameter, handed to the same flag."""
+    import yaml
+
+    from flows.compare import parse_args
+
+    entry = yaml.safe_load(Path("MLproject").read_text())["entry_points"]["main"]
+    flags = set(vars(parse_args([])))
+    assert flags <= set(entry["parameters"]), flags - set(entry["parameters"])
+    for name in flags:
+        assert f"--{name} '{{{name}}}'" in entry["command"], name
