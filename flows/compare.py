@@ -176,7 +176,7 @@ def parse_args(argv: list[str]) -> CompareConfig:
     d = CompareConfig()
     p = argparse.ArgumentParser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated method names")
-    p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b), a save_pretrained folder or a hub name")
+    p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b, qwen2-0.5b, qwen2-1b, qwen2-7b), a save_pretrained folder or a hub name")
     p.add_argument("--dataset", default=d.dataset, help="the embedded default, a hub name, or a local file/folder")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--epochs", type=int, default=d.epochs)

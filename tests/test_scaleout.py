@@ -152,3 +152,28 @@ def test_the_mlproject_passes_every_flow_option():
     assert flags <= set(entry["parameters"]), flags - set(entry["parameters"])
     for name in flags:
         assert f"--{name} '{{{name}}}'" in entry["command"], name
+
+
+# --- 2. presets ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "name, vocab, low, high, tied",
+    [  # Qwen's published sizes: 0.49B, 1.54B, 7.62B parameters at their own vocabularies
+        ("qwen2-0.5b", 151936, 0.49e9, 0.50e9, True),
+        ("qwen2-1b", 151936, 1.53e9, 1.55e9, True),
+        ("qwen2-7b", 152064, 7.60e9, 7.63e9, False),
+    ],
+)
+def test_qwen2_presets_have_their_published_sizes(name, vocab, low, high, tied):
+    from transformers import Qwen2ForCausalLM
+
+    from memopt import optim
+
+    with torch.device("meta"):
+        model = build_model(name, vocab_size=vocab)
+        optimizer = optim.build("galore", model, rank=128)  # GaLore finds the 2-D attention/MLP weights
+    assert isinstance(model, Qwen2ForCausalLM)
+    assert low <= sum(p.numel() for p in model.parameters()) <= high
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    projected = [p for g in optimizer.param_groups if g.get("rank") for p in g["params"]]
+    assert len(projected) == 7 * model.config.num_hidden_layers
