@@ -52,7 +52,7 @@ def test_accumulation_equals_the_whole_batch_at_once(data_dir, tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         assert not torch.equal(expected[name], initial[name]), f"{name} did not train"
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     client = MlflowClient(accumulated.tracking_uri)
     params = client.get_run(accumulated.run_id).data.params
     assert (params["grad_accum_steps"], params["global_batch_size"]) == ("4", "8")
@@ -177,3 +177,66 @@ def test_qwen2_presets_have_their_published_sizes(name, vocab, low, high, tied):
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
     projected = [p for g in optimizer.param_groups if g.get("rank") for p in g["params"]]
     assert len(projected) == 7 * model.config.num_hidden_layers
+
+
+# --- 3. DDP through torchrun ---------------------------------------------------------------------
+
+DDP_METHODS = {
+    # a projector refresh (SVD of the averaged gradient) every 2 steps
+    "galore": {"rank": 8, "update_proj_gap": 2},
+    # a re-selection check every step (it fires here at step 2: with so small an lr the losses follow the batches),
+    # so the set of tensors with a gradient changes under DDP; a probe every 2 steps
+    "blockllm": {"lr": 1e-5, "update_freq": 1, "patience": 1, "param_update_interval": 2, "sparsity": 0.8},
+}
+
+
+@pytest.mark.parametrize("method", list(DDP_METHODS))
+def test_two_process_ddp_equals_one_process_on_the_same_global_batch(method, data_dir, tmp_path):
+    from tasks.train import train as train_task
+
+    common = dict(method=method, max_steps=5, eval_every=2, checkpoint_every=5, method_args=DDP_METHODS[method])
+    single = make_config(tmp_path, data_dir, "single", batch_size=4, **common)
+    ddp = make_config(tmp_path, data_dir, "ddp", batch_size=2, nproc_per_node=2, **common)
+    train(single)
+    train_task.fn(ddp)  # the task launches `python -m torch.distributed.run --nproc_per_node 2 ...` (gloo)
+
+    client = MlflowClient(ddp.tracking_uri)
+    run = client.get_run(ddp.run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["memopt.param_digest.rank0"] == tags["memopt.param_digest.rank1"]
+    assert tags["memopt.ranks_in_sync"] == "true"
+    assert metrics["peak_rss_mb_rank0"] > 100 and metrics["peak_rss_mb_rank1"] > 100
+    assert run.data.params["world_size"] == "2" and run.data.params["global_batch_size"] == "4"
+    for key in ("train_loss", "grad_norm", "val_loss", "peak_rss_mb_rank1"):  # rank 0 alone logs: each step once
+        steps = [m.step for m in client.get_metric_history(ddp.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert len(client.get_metric_history(ddp.run_id, "train_loss")) == 5
+    experiment = client.get_experiment_by_name("memopt").experiment_id
+    assert len(client.search_runs([experiment])) == 4, "two parents, two children: no rank made a run of its own"
+
+    initial = build_model("llama-micro", vocab_size=TokenizedData(Path(data_dir)).vocab_size).state_dict()
+    expected, got = final_weights(single), final_weights(ddp)
+    moved = 0
+    for name in expected:  # what training changed, equal up to float rounding (a mean of two halves, summed)
+        delta_single, delta_ddp = expected[name] - initial[name], got[name] - initial[name]
+        scale = delta_single.abs().max().item()
+        torch.testing.assert_close(delta_ddp, delta_single, rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f"{name}: {m}")
+        moved += bool(delta_single.abs().max() > 0)
+    assert moved >= 8
+
+    def trainer_state(cfg):
+        return torch.load(Path(cfg.output_dir) / "checkpoints" / "step-00000005" / "trainer_state.pt", weights_only=True)
+
+    state, reference = trainer_state(ddp)["optimizer"], trainer_state(single)["optimizer"]
+    if method == "blockllm":
+        extra = state["blockllm"]
+        assert extra["num_selections"] >= 2, "a re-selection under DDP"
+        assert 0 < extra["selected"].sum() < len(extra["selected"]), "some tensors had no gradient under DDP"
+        for key in ("selected", "visits"):
+            assert torch.equal(extra[key], reference["blockllm"][key]), key
+    else:
+        projectors = [s["proj"] for s in state["state"].values() if "proj" in s]
+        assert projectors, "GaLore refreshed its projectors"
+        reference_projectors = [s["proj"] for s in reference["state"].values() if "proj" in s]
+        for p, q in zip(projectors, reference_projectors):  # singular vectors: equal up to sign
+            torch.testing.assert_close(p.abs(), q.abs(), rtol=1e-3, atol=1e-4)
