@@ -240,3 +240,70 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(method, dat
         reference_projectors = [s["proj"] for s in reference["state"].values() if "proj" in s]
         for p, q in zip(projectors, reference_projectors):  # singular vectors: equal up to sign
             torch.testing.assert_close(p.abs(), q.abs(), rtol=1e-3, atol=1e-4)
+
+
+# --- 4. a tracking server ------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback: SQL (sqlite) backend, artifacts proxied into a folder."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--serve-artifacts",
+           "--artifacts-destination", str(artifacts)]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
+                time.sleep(0.5)
+        yield url, artifacts
+    finally:
+        os.killpg(proc.pid, 15)  # the server and its uvicorn worker: its own process group
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, tmp_path):
+    from flows.compare import compare_optimizers
+    from memopt.tracking import child_runs
+
+    url, artifacts = mlflow_server
+    statuses = compare_optimizers(
+        methods=["adamw"], model_name="llama-micro", batch_size=2, total_batch_size=4, seq_len=32, max_steps=3,
+        eval_every=1, checkpoint_every=3, metric_for_best_model="val_loss", output_dir=str(tmp_path / "results"),
+        tracking_uri=url,
+    )
+    assert statuses == {"adamw": "FINISHED"}
+    client = MlflowClient(url)
+    [parent] = client.search_runs([client.get_experiment_by_name("memopt").experiment_id],
+                                  filter_string="tags.`mlflow.parentRunId` IS NULL")
+    child = child_runs(client, parent.info.run_id)["adamw"]
+    assert child.info.status == "FINISHED"
+    assert child.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
+    assert child.data.params["grad_accum_steps"] == "2" and "best_step" in child.data.metrics
+    assert {"model.safetensors", "config.json"} <= {Path(a.path).name for a in client.list_artifacts(child.info.run_id, "model")}
+    on_server = {p.name for p in artifacts.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json"} <= on_server, "the server stored the model in its artifact folder"
