@@ -307,3 +307,55 @@ def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, 
     assert {"model.safetensors", "config.json"} <= {Path(a.path).name for a in client.list_artifacts(child.info.run_id, "model")}
     on_server = {p.name for p in artifacts.rglob("*") if p.is_file()}
     assert {"model.safetensors", "config.json"} <= on_server, "the server stored the model in its artifact folder"
+
+
+# --- 5. Prefect work pools -----------------------------------------------------------------------
+
+SLOW = pytest.mark.skipif(
+    not __import__("os").environ.get("MEMOPT_SLOW_TESTS"),
+    reason="slow (about 1-3 min on 2 shared cores: a worker, a fresh flow-run process, tokenize, train, evaluate, "
+    "report); run with MEMOPT_SLOW_TESTS=1 or `make test-slow`",
+)
+
+
+@SLOW
+def test_a_worker_runs_the_deployed_flow_from_its_pool(prefect_server, tmp_path):
+    """The deployment lands in a process pool limited to one flow run; a real `prefect worker` subprocess picks
+    the run up (--run-once) and the comparison finishes in the MLflow store the parameters name."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.deploy import deploy
+
+    pool = f"memopt-test-{tmp_path.name[-12:]}".replace("_", "-")
+    deploy(pool, "compare-test")
+
+    async def read_pool():
+        async with get_client() as client:
+            return await client.read_work_pool(pool)
+
+    assert run_coro_as_sync(read_pool()).concurrency_limit == 1
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parameters = {"methods": ["adamw"], "model_name": "llama-micro", "batch_size": 2, "seq_len": 32, "max_steps": 2,
+                  "eval_every": 2, "checkpoint_every": 2, "output_dir": str(tmp_path / "results"), "tracking_uri": uri}
+    flow_run = run_deployment("compare-optimizers/compare-test", parameters=parameters, timeout=0)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}
+    worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--run-once", "--limit", "1"],
+                            env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+
+    async def read_run():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run.id)
+
+    state = run_coro_as_sync(read_run()).state
+    assert state.is_completed(), f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("memopt").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
