@@ -59,6 +59,15 @@ def compare_optimizers(
     checkpoint_every: int = 50,
     retries: int = 1,
     resume: str | None = None,
+    total_batch_size: int = 0,
+    warmup_steps: int | None = None,
+    dtype: str = "fp32",
+    grad_clip: float = 0.0,
+    save_total_limit: int = 1,
+    metric_for_best_model: str = "",
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str = "",
     parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """Returns each method's final status. Raises ComparisonIncomplete if any method failed."""
@@ -118,6 +127,7 @@ def compare_optimizers(
             checkpoint_every=cfg.checkpoint_every,
             seed=cfg.seed,
             method_args=cfg.method_hyperparameters(method),
+            **cfg.training_options(),
         )
         state = train.with_options(retries=cfg.retries, task_run_name=f"train-{method}")(train_cfg, return_state=True)
         if state.is_failed():
@@ -214,7 +224,7 @@ def parse_args(argv: list[str]) -> CompareConfig:
     d = CompareConfig()
     p = _Parser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated method names")
-    p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b), a save_pretrained folder or a hub name")
+    p.add_argument("--model_name", default=d.model_name, help="a preset (llama-micro ... llama-13b, qwen2-0.5b, qwen2-1b, qwen2-7b), a save_pretrained folder or a hub name")
     p.add_argument("--dataset", default=d.dataset, help="the embedded default, a hub name, or a local file/folder")
     p.add_argument("--batch_size", type=_number(int), default=d.batch_size)
     p.add_argument("--epochs", type=_number(int), default=d.epochs)
@@ -231,6 +241,18 @@ def parse_args(argv: list[str]) -> CompareConfig:
     p.add_argument("--checkpoint_every", type=_number(int), default=d.checkpoint_every)
     p.add_argument("--retries", type=_number(int), default=d.retries, help="Prefect retries of a failed training process")
     p.add_argument("--resume", type=_optional(str), default=None, help="finish the comparison of this MLflow parent run id")
+    g = p.add_argument_group("training options and scale-out (README: Scaling out)")
+    g.add_argument("--total_batch_size", type=int, default=d.total_batch_size,
+                   help="sequences per optimizer step; gradient accumulation = it / (batch_size x world size); 0: none")
+    g.add_argument("--warmup_steps", type=_optional(int), default=None, help="LR warm-up steps (default: 10%% of the steps)")
+    g.add_argument("--dtype", default=d.dtype, help="the weights' dtype: fp32 or bf16")
+    g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="max total gradient norm; 0: no clipping")
+    g.add_argument("--save_total_limit", type=int, default=d.save_total_limit, help="checkpoints kept per method")
+    g.add_argument("--metric_for_best_model", default=d.metric_for_best_model,
+                   help="val_loss or val_perplexity: the best evaluation's model is the final one (default: the last)")
+    g.add_argument("--nproc_per_node", type=int, default=d.nproc_per_node, help="> 1: DDP through torchrun, one process per GPU")
+    g.add_argument("--nnodes", type=int, default=d.nnodes, help="machines taking part (each runs the same torchrun)")
+    g.add_argument("--rdzv_endpoint", default=d.rdzv_endpoint, help="HOST:PORT of the first node (with --nnodes > 1)")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     return CompareConfig(**{**vars(a), "methods": methods})

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from memopt import optim
+from memopt.distributed import check_launch_options
+from memopt.options import check_training_options
 from memopt.data import DEFAULT_DATASET, DEFAULT_VOCAB_SIZE, DatasetError, check_dataset
 from memopt.methods import pipeline_methods, recipe
 from memopt.models import PRESETS, build_model, is_preset, max_positions, preset_config
@@ -52,6 +54,22 @@ class CompareConfig:
     checkpoint_every: int = 50
     retries: int = 1
     resume: str | None = None  # a parent run id to finish
+    # Beyond one process (memopt/options.py, memopt/distributed.py)
+    total_batch_size: int = 0  # sequences per optimizer step; 0: batch_size × world size
+    warmup_steps: int | None = None  # None: 10% of the steps
+    dtype: str = "fp32"
+    grad_clip: float = 0.0
+    save_total_limit: int = 1
+    metric_for_best_model: str = ""
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
+
+    def training_options(self) -> dict[str, Any]:
+        """What the comparison hands to every training process beyond the basic fields."""
+        names = ("total_batch_size", "warmup_steps", "dtype", "grad_clip", "save_total_limit", "metric_for_best_model",
+                 "nproc_per_node", "nnodes", "rdzv_endpoint")
+        return {k: getattr(self, k) for k in names}
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -108,6 +126,7 @@ def validate(cfg: CompareConfig) -> None:
     if unknown:
         raise ConfigError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(cfg.methods)}")
 
+    _validate_scaleout(cfg)
     _validate_model(cfg)
     try:
         check_dataset(cfg.dataset)
@@ -115,6 +134,18 @@ def validate(cfg: CompareConfig) -> None:
         raise ConfigError(f"--dataset: {exc}") from None
     _validate_output_dir(cfg.output_dir)
     _validate_tracking_uri(cfg.resolved_tracking_uri())
+
+
+def _validate_scaleout(cfg: CompareConfig) -> None:
+    try:
+        check_launch_options(cfg.nproc_per_node, cfg.nnodes, cfg.rdzv_endpoint)
+        check_training_options(
+            batch_size=cfg.batch_size, total_batch_size=cfg.total_batch_size, world_size=cfg.nproc_per_node * cfg.nnodes,
+            warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, dtype=cfg.dtype, grad_clip=cfg.grad_clip,
+            save_total_limit=cfg.save_total_limit, metric_for_best_model=cfg.metric_for_best_model,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_model(cfg: CompareConfig) -> None:

@@ -1,7 +1,8 @@
 """Model presets and builders.
 
-A model name is one of three things: a preset from PRESETS (random init, the
-LLaMA sizes of the benchmark paper, arXiv 2505.22922), a local folder written by
+A model name is one of three things: a preset from PRESETS (random init: the
+LLaMA sizes of the benchmark paper, arXiv 2505.22922, and the Qwen2 sizes of
+Qwen's public configs), a local folder written by
 `save_pretrained`, or a hub name such as `distilgpt2` (both loaded pretrained
 and fine-tuned).
 """
@@ -11,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,13 @@ class LlamaPreset:
     intermediate_size: int
     num_hidden_layers: int
     num_attention_heads: int
+    num_key_value_heads: int | None = None  # None: as many as attention heads (no GQA)
+    tie_word_embeddings: bool = False
+    family: str = "llama"  # llama or qwen2 (Qwen2: q/k/v biases, GQA, RoPE theta 1e6)
+
+
+def Qwen2Preset(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, tied: bool) -> LlamaPreset:
+    return LlamaPreset(hidden, intermediate, layers, heads, kv_heads, tied, family="qwen2")
 
 
 # The benchmark paper's table (METHODS.md), plus `llama-micro` for tests.
@@ -34,26 +51,45 @@ PRESETS: dict[str, LlamaPreset] = {
     "llama-1b": LlamaPreset(2048, 5461, 24, 32),
     "llama-7b": LlamaPreset(4096, 11008, 32, 32),
     "llama-13b": LlamaPreset(5120, 13824, 40, 40),
+    # Qwen2's public config.json sizes (Qwen/Qwen2-0.5B, Qwen2-1.5B, Qwen2-7B). "qwen2-1b" is Qwen2-1.5B.
+    "qwen2-0.5b": Qwen2Preset(896, 4864, 24, 14, 2, tied=True),
+    "qwen2-1b": Qwen2Preset(1536, 8960, 28, 12, 2, tied=True),
+    "qwen2-1.5b": Qwen2Preset(1536, 8960, 28, 12, 2, tied=True),
+    "qwen2-7b": Qwen2Preset(3584, 18944, 28, 28, 4, tied=False),
 }
 
 # The paper's vocabulary; models trained on the project's own tokenizer use its size instead.
 PAPER_VOCAB_SIZE = 32000
 
 
-def preset_config(name: str, vocab_size: int = PAPER_VOCAB_SIZE, max_position_embeddings: int = 1024) -> LlamaConfig:
+def preset_config(name: str, vocab_size: int = PAPER_VOCAB_SIZE, max_position_embeddings: int = 1024) -> PretrainedConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
+    if p.family == "qwen2":
+        return Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=p.hidden_size,
+            intermediate_size=p.intermediate_size,
+            num_hidden_layers=p.num_hidden_layers,
+            num_attention_heads=p.num_attention_heads,
+            num_key_value_heads=p.num_key_value_heads,
+            max_position_embeddings=max_position_embeddings,
+            hidden_act="silu",
+            rms_norm_eps=1e-6,
+            rope_theta=1_000_000.0,
+            tie_word_embeddings=p.tie_word_embeddings,
+        )
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=p.hidden_size,
         intermediate_size=p.intermediate_size,
         num_hidden_layers=p.num_hidden_layers,
         num_attention_heads=p.num_attention_heads,
-        num_key_value_heads=p.num_attention_heads,
+        num_key_value_heads=p.num_key_value_heads or p.num_attention_heads,
         max_position_embeddings=max_position_embeddings,
         hidden_act="silu",
-        tie_word_embeddings=False,
+        tie_word_embeddings=p.tie_word_embeddings,
     )
 
 
@@ -70,7 +106,8 @@ def build_model(
     """A preset from random init (seeded), or a pretrained local folder / hub name."""
     if is_preset(name):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(preset_config(name, vocab_size, max_position_embeddings))
+        config = preset_config(name, vocab_size, max_position_embeddings)
+        return (Qwen2ForCausalLM if isinstance(config, Qwen2Config) else LlamaForCausalLM)(config)
     return AutoModelForCausalLM.from_pretrained(name)
 
 

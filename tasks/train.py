@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
 from prefect import task
 
+from memopt.distributed import launch_command
 from memopt.train import EXIT_NONFINITE, FAILURE_TAG, TrainConfig
 
 
@@ -47,8 +47,11 @@ def train(cfg: TrainConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
     cfg.to_json(config_path)
-    proc = subprocess.run([sys.executable, "-m", "memopt.train", str(config_path)])
+    # plain Python, or torchrun when several processes train (memopt/distributed.py)
+    proc = subprocess.run(launch_command(str(config_path), cfg.nproc_per_node, cfg.nnodes, cfg.rdzv_endpoint, cfg.run_id))
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
-        raise TrainingFailed(reason, retriable=proc.returncode != EXIT_NONFINITE)
+        # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart
+        nonfinite = proc.returncode == EXIT_NONFINITE or reason.startswith("NonFiniteLoss")
+        raise TrainingFailed(reason, retriable=not nonfinite)
     return str(out / "final")
