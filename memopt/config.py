@@ -23,7 +23,7 @@ from memopt import optim
 from memopt.distributed import check_launch_options
 from memopt.options import check_training_options
 from memopt.data import DEFAULT_DATASET, DEFAULT_VOCAB_SIZE, DatasetError, check_dataset
-from memopt.methods import pipeline_methods, recipe
+from memopt.methods import pipeline_methods, recipe, run_hyperparameters
 from memopt.models import PRESETS, build_model, is_preset, max_positions, preset_config
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
@@ -168,7 +168,9 @@ def _validate_model(cfg: CompareConfig) -> None:
         model = build_model(cfg.model_name, vocab_size=DEFAULT_VOCAB_SIZE)
     for method in cfg.methods:
         try:
-            optim.build(recipe(method).optimizer, model, **cfg.method_hyperparameters(method))
+            name = recipe(method).optimizer
+            facts = run_hyperparameters(name, total_steps=max(1, cfg.max_steps), accumulation_steps=1)  # checked for real in training
+            optim.build(name, model, **{**facts, **cfg.method_hyperparameters(method)})
         except ValueError as exc:
             raise ConfigError(f"--methods {method}: {exc}") from None
         except TypeError as exc:  # a value of the wrong type, e.g. adamw.eps='x': the optimizer compares it

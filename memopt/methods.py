@@ -38,3 +38,14 @@ def recipe(name: str) -> Recipe:
 
 def grad_accum_steps(r: Recipe, batch_size: int) -> int:
     return next(k for k in (4, 2, 1) if k <= r.max_grad_accum and batch_size % k == 0)
+
+
+# Facts of the run that some optimizers take as hyperparameters: GoLore switches to random
+# projectors at a fraction of `total_steps`; layer-wise GaLore steps inside the backward of the
+# last of `accumulation_steps` micro-batches. The engine supplies them; a user's own value wins.
+RUN_FACTS = ("total_steps", "accumulation_steps")
+
+
+def run_hyperparameters(optimizer: str, total_steps: int, accumulation_steps: int) -> dict[str, int]:
+    facts = {"total_steps": total_steps, "accumulation_steps": accumulation_steps}
+    return {k: v for k, v in facts.items() if k in optim.spec(optimizer).defaults}

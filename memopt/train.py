@@ -36,7 +36,7 @@ from memopt import checkpoint, distributed, optim
 from memopt.data import TokenizedData
 from memopt.evaluation import perplexity, validation_loss
 from memopt.memory import optimizer_state_bytes
-from memopt.methods import grad_accum_steps, recipe
+from memopt.methods import grad_accum_steps, recipe, run_hyperparameters
 from memopt.models import build_model
 from memopt.optim.reparam import merged_state_dict
 from memopt.options import DTYPES, BestTracker, accumulation_steps, check_training_options, clip_, warmup
@@ -169,7 +169,11 @@ def train(cfg: TrainConfig) -> None:
             # DDP needs the non-reentrant form (the reentrant one marks parameters ready twice)
             model.gradient_checkpointing_enable({"use_reentrant": False} if world.distributed else None)
         model.config.use_cache = False
-        hp = {**cfg.method_args, **({"lr": cfg.lr} if cfg.lr is not None else {})}
+        hp = {
+            **run_hyperparameters(r.optimizer, steps, accum * chunks),
+            **cfg.method_args,
+            **({"lr": cfg.lr} if cfg.lr is not None else {}),
+        }
         optimizer = optim.build(r.optimizer, model, **hp)
         forward = distributed.wrap(model, world)  # after the optimizer: it may freeze or reparameterize tensors
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -270,7 +274,8 @@ def train(cfg: TrainConfig) -> None:
                     {
                         "train_loss": train_loss,
                         "lr": lr,
-                        "grad_norm": grad_norm,
+                        # no gradients left to measure when the update ran inside backward (layer-wise)
+                        **({"grad_norm": grad_norm} if with_grad else {}),
                         "step_time_s": step_time,
                         "tokens_per_s": tokens_per_step / step_time,
                         "epoch": step * global_batch / len(train_blocks),
