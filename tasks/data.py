@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect import task
@@ -48,7 +49,13 @@ def log_dataset_inputs(data: TokenizedData, run_id: str, tracking_uri: str | Non
         DatasetInput(data.to_mlflow_dataset(split)._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         for split, context in CONTEXTS.items()
     ]
-    MlflowClient(tracking_uri).log_inputs(run_id, datasets=inputs)
+    client = MlflowClient(tracking_uri)
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException:
+        # The sql store checks for the dataset row, then inserts it: a comparison logging the same
+        # dataset at the same moment can insert it in between (UNIQUE constraint). Now it exists.
+        client.log_inputs(run_id, datasets=inputs)
 
 
 # INPUTS includes parent_run_id: a new comparison runs the body again, which reuses the
