@@ -85,11 +85,16 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int) -> dic
     }
 
 
-def run_child(method: str, a: argparse.Namespace) -> dict:
+FIXED = " (fixed mmap threshold)"
+
+
+def run_child(label: str, a: argparse.Namespace) -> dict:
+    method = label.removesuffix(FIXED)
     cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--child", method, "--model", a.model,
            "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} if label.endswith(FIXED) else None
     load = os.getloadavg()[0]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "load": load}
 
 
@@ -103,6 +108,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--methods", default=",".join(optim.METHODS))
+    p.add_argument("--fixed_mmap", default="adamw,blockllm",
+                   help="methods also run with MALLOC_MMAP_THRESHOLD_=65536 (glibc's dynamic threshold off)")
     p.add_argument("--child", default=None)
     a = p.parse_args()
     if a.child:
@@ -112,6 +119,7 @@ def main() -> None:
     methods = [m for m in a.methods.split(",") if m]
     if "adamw" not in methods:
         methods.insert(0, "adamw")
+    methods += [m + FIXED for m in a.fixed_mmap.split(",") if m]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for rep in range(a.reps):  # round-robin
         for m in methods:
@@ -125,10 +133,11 @@ def main() -> None:
         vals = [r[key] for r in runs[m] if r[key] is not None]
         return statistics.median(vals) if vals else float("nan")
 
-    ref_peak, ref_train = med("adamw", "peak"), med("adamw", "peak") - med("adamw", "baseline")
-    ref_later = med("adamw", "peak_later") - med("adamw", "baseline")
     rows = []
     for m in methods:
+        ref = "adamw" + FIXED if m.endswith(FIXED) else "adamw"
+        ref_peak, ref_train = med(ref, "peak"), med(ref, "peak") - med(ref, "baseline")
+        ref_later = med(ref, "peak_later") - med(ref, "baseline")
         peak, base, later = med(m, "peak"), med(m, "baseline"), med(m, "peak_later")
         rows.append([
             m, ", ".join(f"{k}={v}" for k, v in runs[m][0]["hp"].items()) or "defaults",
@@ -147,7 +156,10 @@ def main() -> None:
         f"{a.steps} steps on seeded random tokens, each method in a fresh process ({a.reps} run(s) each, round-robin; "
         "medians). Peak = the process's VmHWM; baseline = RSS right before the model is built (Python, torch, "
         "transformers imported); training share = peak − baseline. Step 1 vs steps 2..N: VmHWM after the first "
-        "step, then reset (`/proc/self/clear_refs`) and read again after the last step.\n\n"
+        "step, then reset (`/proc/self/clear_refs`) and read again after the last step. Rows marked "fixed mmap "
+        "threshold" ran with `MALLOC_MMAP_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold "
+        "(after a large tensor is freed, glibc raises the threshold up to 32 MiB, so later tensors below it come "
+        "from the heap and freed ones are kept resident); they are compared with AdamW run the same way.\n\n"
         + markdown_table(header, rows)
     )
     write_section("peak_rss", "Peak RSS per method (own process each)", body)
