@@ -156,8 +156,8 @@ def main() -> None:
         f"{a.steps} steps on seeded random tokens, each method in a fresh process ({a.reps} run(s) each, round-robin; "
         "medians). Peak = the process's VmHWM; baseline = RSS right before the model is built (Python, torch, "
         "transformers imported); training share = peak − baseline. Step 1 vs steps 2..N: VmHWM after the first "
-        "step, then reset (`/proc/self/clear_refs`) and read again after the last step. Rows marked "fixed mmap "
-        "threshold" ran with `MALLOC_MMAP_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold "
+        "step, then reset (`/proc/self/clear_refs`) and read again after the last step. Rows marked fixed mmap "
+        "threshold ran with `MALLOC_MMAP_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold "
         "(after a large tensor is freed, glibc raises the threshold up to 32 MiB, so later tensors below it come "
         "from the heap and freed ones are kept resident); they are compared with AdamW run the same way.\n\n"
         + markdown_table(header, rows)

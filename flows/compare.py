@@ -56,6 +56,7 @@ def compare_optimizers(
     checkpoint_every: int = 50,
     retries: int = 1,
     resume: str | None = None,
+    system_metrics: bool = False,
     parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """Returns each method's final status. Raises ComparisonIncomplete if any method failed."""
@@ -110,6 +111,7 @@ def compare_optimizers(
             checkpoint_every=cfg.checkpoint_every,
             seed=cfg.seed,
             method_args=cfg.method_hyperparameters(method),
+            system_metrics=cfg.system_metrics,
         )
         state = train.with_options(retries=cfg.retries, task_run_name=f"train-{method}")(train_cfg, return_state=True)
         if state.is_failed():
@@ -183,6 +185,7 @@ def parse_args(argv: list[str]) -> CompareConfig:
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--retries", type=int, default=d.retries, help="Prefect retries of a failed training process")
     p.add_argument("--resume", type=_optional(str), default=None, help="finish the comparison of this MLflow parent run id")
+    p.add_argument("--system_metrics", action="store_true", help="log MLflow's system metrics (system/...) in each child run")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     return CompareConfig(**{**vars(a), "methods": methods})

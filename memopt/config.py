@@ -51,6 +51,7 @@ class CompareConfig:
     checkpoint_every: int = 50
     retries: int = 1
     resume: str | None = None  # a parent run id to finish
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) in each child run
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

@@ -59,6 +59,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     memory_interval_s: float = 0.1
+    system_metrics: bool = False  # MLflow's own system metrics (system/cpu_utilization_percentage, ...) in this run
+    system_metrics_interval_s: float = 10.0
     method_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -112,6 +114,14 @@ def train(cfg: TrainConfig) -> None:
     ckpt_dir = out / "checkpoints"
     logger = RunLogger(cfg.tracking_uri, cfg.run_id)
     rss_at_start = rss_bytes()
+    system_monitor = None
+    if cfg.system_metrics:  # by run id: no active run needed (MLflow's active run is per thread)
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        system_monitor = SystemMetricsMonitor(
+            cfg.run_id, sampling_interval=cfg.system_metrics_interval_s, resume_logging=True, tracking_uri=cfg.tracking_uri
+        )
+        system_monitor.start()
     try:
         data = TokenizedData(Path(cfg.data_dir))
         train_blocks, val_blocks = data.blocks("train"), data.blocks("validation")
@@ -253,6 +263,8 @@ def train(cfg: TrainConfig) -> None:
         logger.tags({FAILURE_TAG: reason[:5000]})
         raise
     finally:
+        if system_monitor is not None:
+            system_monitor.finish()
         logger.close()
 
 
