@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import markdown_table, write_section
+from benchmarks.common import PREFECT_HOME, markdown_table, write_section
 
 
 def main() -> None:
@@ -39,7 +39,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "flows.compare", "--methods", a.methods, "--model_name", a.model,
            "--max_steps", str(a.steps), "--batch_size", str(a.batch), "--eval_every", str(max(1, a.steps // 4)),
            "--checkpoint_every", str(a.steps), "--output_dir", str(tmp / "out"), "--tracking_uri", uri]
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PREFECT_HOME": PREFECT_HOME, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+           "PYTHONWARNINGS": "ignore"}
     loads: list[tuple[float, float]] = []  # (unix time, 1-min load average)
     t0 = time.perf_counter()
     with open(tmp / "flow.log", "w") as log:
