@@ -46,3 +46,7 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# One Prefect home for every benchmark's flow runs: its database is created once, not in a timed run.
+PREFECT_HOME = os.path.join(os.environ.get("TMPDIR", "/tmp"), "memopt-bench-prefect")

@@ -68,6 +68,7 @@ def compare_optimizers(
     nproc_per_node: int = 1,
     nnodes: int = 1,
     rdzv_endpoint: str = "",
+    system_metrics: bool = False,
     parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """Returns each method's final status. Raises ComparisonIncomplete if any method failed."""
@@ -128,6 +129,7 @@ def compare_optimizers(
             seed=cfg.seed,
             method_args=cfg.method_hyperparameters(method),
             **cfg.training_options(),
+            system_metrics=cfg.system_metrics,
         )
         state = train.with_options(retries=cfg.retries, task_run_name=f"train-{method}")(train_cfg, return_state=True)
         if state.is_failed():
@@ -253,6 +255,7 @@ def parse_args(argv: list[str]) -> CompareConfig:
     g.add_argument("--nproc_per_node", type=int, default=d.nproc_per_node, help="> 1: DDP through torchrun, one process per GPU")
     g.add_argument("--nnodes", type=int, default=d.nnodes, help="machines taking part (each runs the same torchrun)")
     g.add_argument("--rdzv_endpoint", default=d.rdzv_endpoint, help="HOST:PORT of the first node (with --nnodes > 1)")
+    p.add_argument("--system_metrics", action="store_true", help="log MLflow's system metrics (system/...) in each child run")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     return CompareConfig(**{**vars(a), "methods": methods})

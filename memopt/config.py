@@ -64,6 +64,7 @@ class CompareConfig:
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv_endpoint: str = ""
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) in each child run
 
     def training_options(self) -> dict[str, Any]:
         """What the comparison hands to every training process beyond the basic fields."""

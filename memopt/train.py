@@ -66,6 +66,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     memory_interval_s: float = 0.1
+    system_metrics: bool = False  # MLflow's own system metrics (system/cpu_utilization_percentage, ...) in this run
+    system_metrics_interval_s: float = 10.0
     method_args: dict[str, Any] = field(default_factory=dict)
     # memopt/options.py
     total_batch_size: int = 0  # sequences per optimizer step; 0: batch_size × world size (no accumulation)
@@ -149,6 +151,14 @@ def train(cfg: TrainConfig) -> None:
     ckpt_dir = out / "checkpoints"
     logger = RunLogger(cfg.tracking_uri, cfg.run_id) if world.is_main else _NoLogger()
     rss_at_start = rss_bytes()
+    system_monitor = None
+    if cfg.system_metrics:  # by run id: no active run needed (MLflow's active run is per thread)
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        system_monitor = SystemMetricsMonitor(
+            cfg.run_id, sampling_interval=cfg.system_metrics_interval_s, resume_logging=True, tracking_uri=cfg.tracking_uri
+        )
+        system_monitor.start()
     try:
         check_training_options(
             batch_size=cfg.batch_size, total_batch_size=cfg.total_batch_size, world_size=world.world_size,
@@ -336,6 +346,8 @@ def train(cfg: TrainConfig) -> None:
         logger.tags({FAILURE_TAG: reason[:5000]})
         raise
     finally:
+        if system_monitor is not None:
+            system_monitor.finish()
         logger.close()
         distributed.teardown(world)
 
