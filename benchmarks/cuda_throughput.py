@@ -69,7 +69,7 @@ measured. What `python -m benchmarks.cuda_throughput` measures on a CUDA machine
 
 3 warm-up steps (first selection, first SVD), then {steps} timed steps with `torch.cuda.synchronize`,
 methods round-robin, medians. The peak CUDA memory is the number the authors report (BlockLLM's
-0.68 of AdamW on llama-60m); on the CPU the comparable number is the peak RSS table above. The code
+0.68 of AdamW on llama-60m); on the CPU the comparable number is the peak RSS table (`peak_rss`). The code
 path has been run on the CPU only (`--device cpu --models llama-micro`), never on a GPU."""
 
 
