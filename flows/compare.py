@@ -199,6 +199,14 @@ def _top_level_split(text: str) -> list[str]:
     return [*parts, text[start:]]
 
 
+def _flag(text: str) -> bool:
+    """argparse type for a boolean that an MLproject can pass as a string."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value in ("true", "1", "yes")
+
+
 def _method_args(text: str) -> dict[str, dict]:
     """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
     result: dict[str, dict] = {}
@@ -255,7 +263,8 @@ def parse_args(argv: list[str]) -> CompareConfig:
     g.add_argument("--nproc_per_node", type=int, default=d.nproc_per_node, help="> 1: DDP through torchrun, one process per GPU")
     g.add_argument("--nnodes", type=int, default=d.nnodes, help="machines taking part (each runs the same torchrun)")
     g.add_argument("--rdzv_endpoint", default=d.rdzv_endpoint, help="HOST:PORT of the first node (with --nnodes > 1)")
-    p.add_argument("--system_metrics", action="store_true", help="log MLflow's system metrics (system/...) in each child run")
+    p.add_argument("--system_metrics", type=_flag, nargs="?", const=True, default=False,
+                   help="log MLflow's system metrics (system/...) in each child run; also --system_metrics true|false")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     return CompareConfig(**{**vars(a), "methods": methods})
