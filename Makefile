@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 METHODS ?= adamw,galore,blockllm
 ARGS ?=
 
-.PHONY: setup run test test-slow bench clean
+.PHONY: setup run test test-slow clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	python3 -m venv $(VENV)
@@ -26,4 +26,4 @@ test-slow: setup  # also the tests skipped as slow (a Prefect worker running the
 	MEMOPT_SLOW_TESTS=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf results mlflow.db mlartifacts .memopt_cache
+	rm -rf results mlflow.db mlruns mlartifacts
