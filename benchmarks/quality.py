@@ -85,7 +85,7 @@ def main() -> None:
     lrs = ", ".join(f"{m} {h.get('lr')}" for m, h in hp.items())
     body = (
         f"One comparison through the real flow: `{a.model}`, {a.steps} steps × batch {a.batch} × seq 128 "
-        f"= {tokens:,} tokens per method on the embedded default dataset (vocab 4096), each method's own lr "
+        f"= {tokens:,} tokens per method on the embedded default dataset (its BPE tokenizer: 768 tokens on this data, at most 4096), each method's own lr "
         f"({lrs}), rank = hidden/4, seed 0. Whole flow: {wall:.0f} s. Validation loss: the evaluate task's "
         "`final_val_loss` on the whole validation split; initial = `val_loss` at step 0 (same init for all but "
         "the reparameterized methods). State bytes = `optimizer_state_bytes` at the last step (vocab 4096, so "
