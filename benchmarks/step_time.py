@@ -5,8 +5,8 @@ Run: python -m benchmarks.step_time [--model llama-9m] [--batch 8] [--seq 128] [
 All methods live in one process, each with its own model (same init) and optimizer (the
 pipeline's hyperparameters); one timed step (forward, backward, `optimizer.step(closure)`,
 `zero_grad`) of each method in turn, `--reps` rounds after 2 untimed warm-up rounds, so a burst of
-load falls on every method alike. Medians. Seeded random tokens (vocab 4096, the embedded tokenizer's upper bound; the embedded
-default's tokenizer). Step-level interleaving is what the sequential flow cannot give.
+load falls on every method alike. Medians. Seeded random tokens (vocab 4096: the upper bound of the
+embedded default's tokenizer). Step-level interleaving is what the sequential flow cannot give.
 """
 from __future__ import annotations
 
