@@ -113,7 +113,7 @@ def _plot_memory(client: MlflowClient, runs: dict[str, Run], path: Path) -> None
         if points:
             t0 = points[0][2]
             ax.plot([(t - t0) / 1000 for _, _, t in points], [v for _, v, _ in points], label=method)
-    ax.set(title="Process memory (RSS) during training", xlabel="seconds since the process started", ylabel="MB")
+    ax.set(title="Process memory (RSS) during training", xlabel="seconds since training began (first sample)", ylabel="MB")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
