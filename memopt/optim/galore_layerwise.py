@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from memopt.optim.checks import check_range
-from memopt.optim.galore import GaLoreAdamW, galore_param_groups, galore_state_bytes
+from memopt.optim.galore import GALORE, GaLoreAdamW, galore_param_groups, galore_state_bytes
 from memopt.optim.registry import MethodSpec, register
 
 
@@ -120,11 +120,7 @@ GALORE_LAYERWISE = register(
         name="galore-layerwise",
         builder=build_galore_layerwise,
         state_bytes=galore_layerwise_state_bytes,
-        defaults={
-            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
-            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "reset_state_on_refresh": False,
-            "full_rank_warmup_steps": 0, "accumulation_steps": 1,
-        },
+        defaults={**GALORE.defaults, "accumulation_steps": 1},
         summary="GaLore-AdamW stepped inside backward per parameter (gradients freed at once), gradient accumulation kept",
         paper="arXiv 2403.03507",
     )
