@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 METHODS ?= adamw,galore,blockllm
 ARGS ?=
 
-.PHONY: setup run test test-slow clean
+.PHONY: setup run test clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	python3 -m venv $(VENV)
@@ -21,9 +21,6 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
-
-test-slow: setup  # also the tests skipped as slow (a Prefect worker running the deployed flow)
-	MEMOPT_SLOW_TESTS=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf results mlflow.db mlruns mlartifacts

@@ -311,14 +311,7 @@ def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, 
 
 # --- 5. Prefect work pools -----------------------------------------------------------------------
 
-SLOW = pytest.mark.skipif(
-    not __import__("os").environ.get("MEMOPT_SLOW_TESTS"),
-    reason="slow (about 1-3 min on 2 shared cores: a worker, a fresh flow-run process, tokenize, train, evaluate, "
-    "report); run with MEMOPT_SLOW_TESTS=1 or `make test-slow`",
-)
-
-
-@SLOW
+# About 45 s on an idle 2-core machine: a worker, a fresh flow-run process, tokenize, train, evaluate, report.
 def test_a_worker_runs_the_deployed_flow_from_its_pool(prefect_server, tmp_path):
     """The deployment lands in a process pool limited to one flow run; a real `prefect worker` subprocess picks
     the run up (--run-once) and the comparison finishes in the MLflow store the parameters name."""
