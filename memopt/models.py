@@ -66,21 +66,7 @@ def preset_config(name: str, vocab_size: int = PAPER_VOCAB_SIZE, max_position_em
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    if p.family == "qwen2":
-        return Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=p.hidden_size,
-            intermediate_size=p.intermediate_size,
-            num_hidden_layers=p.num_hidden_layers,
-            num_attention_heads=p.num_attention_heads,
-            num_key_value_heads=p.num_key_value_heads,
-            max_position_embeddings=max_position_embeddings,
-            hidden_act="silu",
-            rms_norm_eps=1e-6,
-            rope_theta=1_000_000.0,
-            tie_word_embeddings=p.tie_word_embeddings,
-        )
-    return LlamaConfig(
+    sizes = dict(
         vocab_size=vocab_size,
         hidden_size=p.hidden_size,
         intermediate_size=p.intermediate_size,
@@ -91,6 +77,9 @@ def preset_config(name: str, vocab_size: int = PAPER_VOCAB_SIZE, max_position_em
         hidden_act="silu",
         tie_word_embeddings=p.tie_word_embeddings,
     )
+    if p.family == "qwen2":
+        return Qwen2Config(**sizes, rms_norm_eps=1e-6, rope_theta=1_000_000.0)
+    return LlamaConfig(**sizes)
 
 
 def is_preset(name: str) -> bool:
