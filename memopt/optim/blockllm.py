@@ -10,12 +10,12 @@ and have Adam state; every other tensor has `requires_grad=False`: no gradient,
 no state. That is where the memory goes down.
 
 The step, in order (the loss reaches the optimizer through `step(closure)`; the
-closure returns the loss, as the training loop always passes one):
-1. Probe: if the previous step count is a positive multiple of
-   `param_update_interval`, `num_bottom_to_sample` random unselected tensors are
-   switched on for this step only: their gradient norm is recorded, they are never
-   updated, and they are off again before `step` returns.
-2. loss = closure().
+closure returns the loss, as the training loop always passes one; the backward runs
+either in the closure or, as in memopt.train, before `step`):
+1. loss = closure().
+2. Probe read-out: the tensors armed at the end of the previous step (item 8) got
+   a gradient from this step's backward; their ‖g‖ is recorded, then they are
+   switched off and the gradient dropped. A probe is never updated, has no Adam state.
 3. First selection (see below), if still pending.
 4. ‖g‖ of every tensor that has a gradient is recorded (last known norm per tensor).
 5. AdamW (torch's formula, decoupled weight decay, foreach) on the selected tensors,
@@ -31,6 +31,11 @@ closure returns the loss, as the training loop always passes one):
    in rank order: a tensor is taken when it still fits (so the selection never
    exceeds the budget and no unselected tensor would still fit); if not even one
    tensor fits, the top-ranked one is taken alone. All Adam states are reset.
+8. Probe arming: if the number of completed steps is a positive multiple of
+   `param_update_interval` (and no selection is pending), `num_bottom_to_sample`
+   random unselected tensors (drawn after any re-selection) get requires_grad=True,
+   so that the next backward, whoever runs it, computes their gradient. The armed
+   list is saved in `state_dict`.
 
 First selection: by gradient magnitude, as the paper says. If every candidate
 already has a gradient when the optimizer is built, it selects right away.
@@ -51,18 +56,21 @@ Faults of the authors' code (blockllm_torch/blockllm.py) fixed here:
 - visit frequencies were renormalized to fractions summing to 1, which makes
   exp(visits/step) ~ 1 (no penalty): raw visit counts are used;
 - the probed tensor stayed trainable (gradient held) for `param_update_interval`
-  steps: it is on for one step.
+  steps: it is on for one backward (armed at the end of a step, read and switched
+  off in the next, so it also works when the backward runs outside the closure).
 Other differences: decoupled weight decay (the authors' Adam got none), one
 seeded torch.Generator for every random choice, saved in `state_dict`.
 
 State bytes held between steps (exact, see memory_test.py):
   2 * Σ_selected numel * element_size      Adam moments
   + n * (1 + 8 + 4)                        selected mask (bool), visits (int64), last ‖g‖ (fp32)
-where n = number of non-frozen tensors; step counters and the loss history are
-Python numbers. Moments are allocated (zeros) at selection time, so these bytes are
-a function of the selection alone, also right after a re-selection. The registry
-formula reads the selection from the model's requires_grad flags (exact once the
-optimizer has stepped; on a fresh model it gives the full-budget bound).
+where n = number of non-frozen tensors; step counters, the loss history and the
+armed probes' indices are Python numbers. Moments are allocated (zeros) at selection
+time, so these bytes are a function of the selection alone, also right after a
+re-selection. The registry formula reads the selection from the model's
+requires_grad flags, less the armed probes, which the optimizer marks with the
+parameter attribute `_blockllm_probe` (exact once the optimizer has stepped; on a
+fresh model it gives the full-budget bound).
 """
 from __future__ import annotations
 
@@ -76,6 +84,7 @@ from memopt.optim.checks import check, check_adam_args, check_range
 from memopt.optim.registry import MethodSpec, register
 
 FROZEN_PATTERNS = ("embed", "lm_head")
+PROBE_MARK = "_blockllm_probe"  # param attribute, True while armed: the state-bytes formula gets only the model
 
 
 def rank_and_fill(
@@ -127,6 +136,7 @@ class BlockLLM(torch.optim.Optimizer):
         named = list(named_params)
         candidates: list[tuple[str, nn.Parameter]] = []
         for name, p in named:
+            setattr(p, PROBE_MARK, False)  # a mark left by an earlier BlockLLM on this model means nothing here
             if any(pat in name for pat in frozen_patterns):
                 p.requires_grad_(False)
                 p.grad = None
@@ -151,6 +161,7 @@ class BlockLLM(torch.optim.Optimizer):
         self.num_steps = 0
         self.num_selections = 0
         self.selection_pending = True
+        self.probes: list[int] = []  # armed at the end of a step, read out in the next one
         self.generator = torch.Generator().manual_seed(seed)
         if all(p.grad is not None for p in self._params):
             self._record_norms(range(n))
@@ -185,8 +196,10 @@ class BlockLLM(torch.optim.Optimizer):
         self._apply_flags(drop_unselected_grads=True)
 
     def _apply_flags(self, drop_unselected_grads: bool) -> None:
-        for p, on in zip(self._params, self.selected.tolist()):
-            p.requires_grad_(on or self.selection_pending)
+        probes = set(self.probes)
+        for i, (p, on) in enumerate(zip(self._params, self.selected.tolist())):
+            p.requires_grad_(on or self.selection_pending or i in probes)
+            setattr(p, PROBE_MARK, i in probes)
             if drop_unselected_grads and not on:
                 p.grad = None
 
@@ -196,30 +209,27 @@ class BlockLLM(torch.optim.Optimizer):
             return False
         return sum(h) / len(h) < sum(h[-self.patience:]) / self.patience
 
-    def _start_probes(self) -> list[int]:
+    def _arm_probes(self) -> None:
+        # Armed between steps, not inside the next `step`: the training loop runs the backward before
+        # calling `step`, so a tensor switched on only around the closure would never get a gradient.
         if self.selection_pending or self.num_steps == 0 or self.num_steps % self.param_update_interval:
-            return []
-        pool = (~self.selected).nonzero().flatten()
+            return
+        pool = (~self.selected).nonzero().flatten()  # after any re-selection: a probe is never selected
         k = min(self.num_bottom_to_sample, len(pool))
-        probes = pool[torch.randperm(len(pool), generator=self.generator)[:k]].tolist()
-        for i in probes:
-            self._params[i].requires_grad_(True)
-        return probes
+        self.probes = pool[torch.randperm(len(pool), generator=self.generator)[:k]].tolist()
+        self._apply_flags(drop_unselected_grads=True)
 
     # --- step -----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         if closure is None:
-            raise ValueError("BlockLLM.step needs a closure that computes the loss (backward included) and returns it")
-        probes = self._start_probes()
-        try:
-            with torch.enable_grad():
-                loss = closure()
-        finally:
-            for i in probes:  # a probe is measured, never updated
-                self._record_norms([i])
-                self._params[i].requires_grad_(False)
-                self._params[i].grad = None
+            raise ValueError("BlockLLM.step needs a closure that returns the loss (backward run in it or before step)")
+        with torch.enable_grad():
+            loss = closure()
+        if self.probes:  # their gradient is this step's (backward in the closure or before `step`)
+            self._record_norms(self.probes)
+            self.probes = []
+            self._apply_flags(drop_unselected_grads=True)  # off again, gradient dropped: measured, never updated
         if self.selection_pending:
             self._record_norms(range(len(self._params)))
             self._select()
@@ -230,6 +240,7 @@ class BlockLLM(torch.optim.Optimizer):
         self.loss_history.append(float(loss))
         if self._should_reselect():
             self._select()
+        self._arm_probes()
         return loss
 
     def _adam(self, indices: list[int]) -> None:
@@ -279,6 +290,7 @@ class BlockLLM(torch.optim.Optimizer):
             "num_steps": self.num_steps,
             "num_selections": self.num_selections,
             "selection_pending": self.selection_pending,
+            "probes": list(self.probes),
             "budget": self.budget,
             "rng_state": self.generator.get_state(),
         }
@@ -299,9 +311,10 @@ class BlockLLM(torch.optim.Optimizer):
         self.num_steps = int(extra["num_steps"])
         self.num_selections = int(extra["num_selections"])
         self.selection_pending = bool(extra["selection_pending"])
+        self.probes = [int(i) for i in extra.get("probes", [])]  # absent in checkpoints from before arming
         self.budget = int(extra["budget"])
         self.generator.set_state(extra["rng_state"])
-        self._apply_flags(drop_unselected_grads=True)  # requires_grad follows the loaded selection
+        self._apply_flags(drop_unselected_grads=True)  # requires_grad follows the loaded selection and probes
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -311,7 +324,8 @@ def build_blockllm(model: nn.Module, **hp: Any) -> BlockLLM:
 
 def blockllm_state_bytes(model: nn.Module, sparsity: float, frozen_patterns: tuple[str, ...] = FROZEN_PATTERNS,
                          **_: Any) -> int:
-    """Exact once the optimizer has stepped: the selection is what requires_grad marks on the model.
+    """Exact once the optimizer has stepped: the selection is what requires_grad marks on the model,
+    less the armed probes (trainable until the next backward, but never given Adam state).
 
     On a model no BlockLLM has stepped yet (every candidate trainable) it returns the budget's
     bound, 2 * floor((1 - sparsity) * all elements) * element_size + bookkeeping.
@@ -319,11 +333,12 @@ def blockllm_state_bytes(model: nn.Module, sparsity: float, frozen_patterns: tup
     named = list(model.named_parameters())
     cands = [p for n, p in named if not any(pat in n for pat in frozen_patterns)]
     bookkeeping = len(cands) * (1 + 8 + 4)
-    if cands and all(p.requires_grad for p in cands):
+    selected = [p.requires_grad and not getattr(p, PROBE_MARK, False) for p in cands]
+    if cands and all(selected):
         budget = int((1.0 - sparsity) * sum(p.numel() for _, p in named))
         elements = min(budget, sum(p.numel() for p in cands))  # everything fits: all will be selected
         return 2 * elements * cands[0].element_size() + bookkeeping
-    return sum(2 * p.numel() * p.element_size() for p in cands if p.requires_grad) + bookkeeping
+    return sum(2 * p.numel() * p.element_size() for p, on in zip(cands, selected) if on) + bookkeeping
 
 
 BLOCKLLM = register(

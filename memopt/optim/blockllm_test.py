@@ -1,3 +1,4 @@
+import io
 import math
 
 import pytest
@@ -131,23 +132,157 @@ def test_visits_count_selections():
     assert torch.equal(opt.visits, first.long() + opt.selected.long())
 
 
-def test_probe_measures_but_never_updates():
+def batches(n, seed=6):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 11, (4, 6), generator=gen) for _ in range(n)]
+
+
+def lm_loss(model, x):
+    return nn.functional.cross_entropy(model(x).flatten(0, 1), torch.roll(x, -1, 1).flatten())
+
+
+def engine_step(model, opt, x):
+    """As memopt.train: backward before `step`, a closure that only returns the loss, zero_grad after."""
+    loss = lm_loss(model, x)
+    loss.backward()
+    opt.step(lambda: loss.detach())
+    opt.zero_grad(set_to_none=True)
+
+
+def closure_step(model, opt, x):
+    def closure():
+        opt.zero_grad()
+        loss = lm_loss(model, x)
+        loss.backward()
+        return loss
+    opt.step(closure)
+
+
+def check_flags(model, opt):
+    """requires_grad is the selection plus the armed probes; a probe is never selected, never has state."""
+    for i, (_, p) in enumerate(candidates(model)):
+        assert p.requires_grad == (bool(opt.selected[i]) or i in opt.probes)
+        assert (p in opt.state) == bool(opt.selected[i])
+        assert getattr(p, "_blockllm_probe") == (i in opt.probes)
+    assert not any(opt.selected[i] for i in opt.probes)
+
+
+def test_probe_is_measured_when_backward_runs_outside_step():
     model = Tiny()
     opt = BlockLLM(model.named_parameters(), sparsity=0.7, param_update_interval=2, update_freq=1000)
-    closure = make_closure(model, opt, torch.Generator().manual_seed(6))
-    opt.step(closure)
-    opt.step(closure)
-    unselected = (~opt.selected).nonzero().flatten().tolist()
-    opt.grad_norms[unselected] = float("nan")  # forget them, so the probe shows up
-    before = [p.detach().clone() for _, p in candidates(model)]
-    opt.step(closure)  # step 3: previous count 2 is a multiple of 2 -> one probe
-    probed = [i for i in unselected if not math.isnan(opt.grad_norms[i].item())]
-    assert len(probed) == 1
-    i = probed[0]
+    xs = batches(5)
+    engine_step(model, opt, xs[0])
+    assert opt.probes == []
+    engine_step(model, opt, xs[1])  # 2 steps done: one probe armed for the next backward
+    assert len(opt.probes) == 1
+    i = opt.probes[0]
     p = candidates(model)[i][1]
+    assert p.requires_grad and p.grad is None and not opt.selected[i]
+    check_flags(model, opt)
+    opt.grad_norms[i] = float("nan")  # forget it, so only the probe can fill it in
+    before = [q.detach().clone() for _, q in candidates(model)]
+    loss = lm_loss(model, xs[2])
+    loss.backward()
+    true_norm = p.grad.norm().item()
+    opt.step(lambda: loss.detach())  # step 3
+    assert opt.grad_norms[i].item() == pytest.approx(true_norm, rel=1e-6) and true_norm > 0
     assert torch.equal(p.detach(), before[i]) and not p.requires_grad and p.grad is None and p not in opt.state
-    opt.step(closure)  # step 4: no probe
-    assert [i for i in unselected if not math.isnan(opt.grad_norms[i].item())] == probed
+    assert opt.probes == []
+    for j, (_, q) in enumerate(candidates(model)):  # the selected tensors were updated as usual
+        assert (not torch.equal(q.detach(), before[j])) == bool(opt.selected[j])
+    check_flags(model, opt)
+    opt.zero_grad(set_to_none=True)
+    engine_step(model, opt, xs[3])  # step 4: the next probe is armed
+    assert len(opt.probes) == 1
+    check_flags(model, opt)
+
+
+def run(step_fn, xs, log=None, **hp):
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters(), **hp)
+    for x in xs:
+        step_fn(model, opt, x)
+        check_flags(model, opt)
+        if log is not None:  # what was armed, and the norms known, after each step
+            log.append((list(opt.probes), opt.grad_norms.clone()))
+    return model, opt
+
+
+def assert_same_run(a, b):
+    (ma, oa), (mb, ob) = a, b
+    for (n, p), q in zip(ma.named_parameters(), mb.parameters()):
+        assert torch.equal(p, q) and p.requires_grad == q.requires_grad, n
+    assert oa.probes == ob.probes and oa.num_selections == ob.num_selections
+    for key in ("selected", "visits", "grad_norms"):
+        assert torch.equal(getattr(oa, key), getattr(ob, key)), key
+    assert oa.loss_history == ob.loss_history
+    assert torch.equal(oa.generator.get_state(), ob.generator.get_state())
+    for p, q in zip(oa._params, ob._params):
+        assert (p in oa.state) == (q in ob.state)
+        if p in oa.state:
+            sa, sb = oa.state[p], ob.state[q]
+            assert sa["step"] == sb["step"]
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+# re-selection checked every 2 steps: probes are armed after some of them, from the new unselected pool
+HP = dict(sparsity=0.7, param_update_interval=2, update_freq=2, patience=1, num_bottom_to_sample=2)
+
+
+def test_closure_with_backward_equals_backward_outside_step():
+    xs = batches(8)
+    log_e, log_c = [], []
+    engine, closure = run(engine_step, xs, log_e, **HP), run(closure_step, xs, log_c, **HP)
+    assert_same_run(engine, closure)
+    assert [a for a, _ in log_e] == [a for a, _ in log_c]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(log_e, log_c))
+    assert engine[1].num_selections >= 2  # re-selections fall on even steps: probes are armed right after them
+    assert [len(a) for a, _ in log_e] == [0, 2] * 4  # armed after steps 2, 4, 6, 8 (the last still armed)
+    for k in (1, 3, 5):  # the probes armed after step k+1 were measured in step k+2
+        probes, (_, before), (_, after) = log_e[k][0], log_e[k], log_e[k + 1]
+        assert all(not math.isnan(after[i].item()) and after[i] != before[i] for i in probes)
+
+
+@pytest.mark.parametrize("step_fn", [engine_step, closure_step])
+def test_resume_with_armed_probe_is_bit_exact(step_fn):
+    xs = batches(10)
+    ref = run(step_fn, xs, **HP)
+    model, opt = run(step_fn, xs[:4], **HP)
+    assert opt.probes  # saved between step 4 and 5, while a probe is armed
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    resumed = Tiny()
+    with torch.no_grad():
+        for p in resumed.parameters():
+            p.add_(1.0)  # only the checkpoint can make it equal
+    resumed_opt = BlockLLM(resumed.named_parameters(), **HP)
+    resumed.load_state_dict(ck["model"])
+    resumed_opt.load_state_dict(ck["optimizer"])
+    assert resumed_opt.probes == opt.probes
+    assert [p.requires_grad for p in resumed.parameters()] == [p.requires_grad for p in model.parameters()]
+    check_flags(resumed, resumed_opt)
+    for x in xs[4:]:
+        step_fn(resumed, resumed_opt, x)
+    assert_same_run(ref, (resumed, resumed_opt))
+
+
+@pytest.mark.parametrize("sparsity", [0.7, 0.46])  # 0.46: all candidates but one selected, so the probe
+def test_state_bytes_formula_is_exact_while_a_probe_is_armed(sparsity):  # makes every candidate trainable
+    from memopt.memory import optimizer_state_bytes
+    from memopt.optim import build, expected_state_bytes
+    model = Tiny()
+    hp = dict(sparsity=sparsity, param_update_interval=2)
+    opt = build("blockllm", model, **hp)
+    for x in batches(2):
+        engine_step(model, opt, x)
+    assert opt.probes and all(candidates(model)[i][1].requires_grad for i in opt.probes)
+    if sparsity == 0.46:
+        assert int((~opt.selected).sum()) == 1 and all(p.requires_grad for _, p in candidates(model))
+    assert optimizer_state_bytes(opt) == expected_state_bytes("blockllm", model, **hp)
+    engine_step(model, opt, batches(1, seed=9)[0])  # read out, nothing armed
+    assert not opt.probes and optimizer_state_bytes(opt) == expected_state_bytes("blockllm", model, **hp)
 
 
 def test_outer_scheduler_lr_is_applied():
