@@ -30,8 +30,8 @@ def bare(data_dir: str, model_name: str, method: str, steps: int, batch: int, se
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from memopt import optim
+    from memopt.blocks import TokenizedData
     from memopt.config import CompareConfig
-    from memopt.data import TokenizedData
     from memopt.methods import recipe
     from memopt.models import build_model
     from memopt.train import TrainConfig, batch_indices

@@ -22,7 +22,8 @@ import torch
 from memopt import optim
 from memopt.distributed import check_launch_options
 from memopt.options import check_training_options
-from memopt.data import DEFAULT_DATASET, DEFAULT_VOCAB_SIZE, DatasetError, check_dataset
+from memopt.blocks import DEFAULT_VOCAB_SIZE
+from memopt.data import DEFAULT_DATASET, DatasetError, check_dataset
 from memopt.methods import pipeline_methods, recipe, run_hyperparameters
 from memopt.models import PRESETS, build_model, is_preset, max_positions, preset_config
 

@@ -1,4 +1,4 @@
-"""Datasets, text formatting, tokenizers and tokenized blocks on disk.
+"""Datasets and their text: loading any dataset name into train / validation / test, and a row's text.
 
 A dataset name is one of four things:
 - `DEFAULT_DATASET`: arithmetic problems generated offline from the seed (memopt/datagen.py);
@@ -8,33 +8,20 @@ A dataset name is one of four things:
 
 Every dataset comes back with splits train / validation / test; missing ones are
 cut from the data deterministically from the seed. Training text is one string
-per row (`format_example`); `tokenize_dataset` packs the rows, each followed by
-EOS, into blocks of `seq_len` tokens and writes them to disk once.
+per row (`format_example`); memopt/blocks.py tokenizes it into blocks on disk.
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
-import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from memopt.datagen import GENERATOR_VERSION, generate_math_dataset
 
 DEFAULT_DATASET = "memopt/math-synthetic"
-DEFAULT_VOCAB_SIZE = 4096
-EOS_TOKEN = "<|endoftext|>"
 SPLITS = ("train", "validation", "test")
 HELD_OUT_FRACTION = 0.05  # of the rows, for each missing validation / test split
 MATH_FIELDS = "problem+solution"  # text_field's answer for MATH-style rows
@@ -197,7 +184,7 @@ def _with_splits(raw: DatasetDict, seed: int, name: str) -> DatasetDict:
     if "train" not in splits:
         splits = {"train": concatenate_datasets(list(splits.values()))}
     train = splits["train"]
-    wanted = ["validation"] + (["test"] if _has_answers(train) else [])
+    wanted = ["validation"] + (["test"] if has_answers(train) else [])
     missing = [split for split in wanted if split not in splits]
     n_held_out = max(1, round(HELD_OUT_FRACTION * len(train)))
     if len(train) <= n_held_out * len(missing):
@@ -210,7 +197,8 @@ def _with_splits(raw: DatasetDict, seed: int, name: str) -> DatasetDict:
     return DatasetDict({split: splits[split] for split in SPLITS})
 
 
-def _has_answers(dataset: Dataset) -> bool:
+def has_answers(dataset: Dataset) -> bool:
+    """Whether the rows are problems with answers (a `problem` column and an `answer` or `solution` one)."""
     return "problem" in dataset.column_names and bool({"answer", "solution"} & set(dataset.column_names))
 
 
@@ -234,179 +222,3 @@ def path_fingerprint(path: Path) -> str:
         stat = file.stat()
         digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
-
-
-# ---- tokenizers -----------------------------------------------------------------------------------
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts` (GPT-2 style: any text encodes, no unknown tokens), with
-    `EOS_TOKEN` as its only special token, serving as bos, eos, pad and unk."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN
-    )
-
-
-def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
-    """A hub name or local tokenizer folder, with a pad token (EOS where it had none)."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as e:  # what transformers raises for a missing folder or an unreachable hub name
-        raise ValueError(f"tokenizer {name!r}: cannot load it: {e}") from e
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {name!r} has no EOS token to separate examples with")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-# ---- tokenized blocks on disk ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TokenizedData:
-    """A folder written by `tokenize_dataset`: train.npy and validation.npy (int32 [n_blocks, seq_len]),
-    tokenizer/, test.jsonl (problems with answers, maybe none), meta.json (written last)."""
-
-    root: Path
-
-    def blocks(self, split: str) -> torch.Tensor:
-        """The blocks of `split` ("train" or "validation") as int64 [n_blocks, seq_len]."""
-        if split not in ("train", "validation"):
-            raise ValueError(f"no tokenized split {split!r}; tokenized splits: train, validation")
-        return torch.from_numpy(np.load(self.root / f"{split}.npy", mmap_mode="r").astype(np.int64))
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
-
-    def tokenizer(self) -> PreTrainedTokenizerFast:
-        return AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
-
-    @cached_property
-    def meta(self) -> dict[str, Any]:
-        return json.loads((self.root / "meta.json").read_text())
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.meta["vocab_size"])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.meta["seq_len"])
-
-    def eval_problems(self, limit: int | None = None) -> list[dict[str, str]]:
-        """Held-out rows {"problem", "answer"} for answer accuracy (the first `limit`)."""
-        lines = (self.root / "test.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in itertools.islice(lines, limit)]
-
-    def to_mlflow_dataset(self, split: str = "train"):
-        """The blocks of `split` as an `mlflow.data` dataset, digest from meta (no re-hashing)."""
-        import mlflow.data  # here, so that the data layer imports without MLflow
-
-        meta = self.meta
-        return mlflow.data.from_numpy(
-            np.load(self.root / f"{split}.npy", mmap_mode="r"),
-            source=str(self.root.resolve()),
-            name=f"{meta['dataset']} ({split}, seq_len={meta['seq_len']}, vocab={meta['vocab_size']})",
-            digest=meta["digests"][split],
-        )
-
-
-def is_complete(out_dir: Path) -> bool:
-    return (Path(out_dir) / "meta.json").is_file()
-
-
-def tokenize_dataset(
-    dataset: str,
-    tokenizer_name: str | None,
-    seq_len: int,
-    out_dir: Path,
-    seed: int = 0,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-) -> TokenizedData:
-    """Tokenize `dataset` into `out_dir`, or reuse it if it is already complete. `tokenizer_name`
-    None trains a byte-level BPE of `vocab_size` on the train split."""
-    out_dir = Path(out_dir)
-    if is_complete(out_dir):
-        return TokenizedData(out_dir)
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be at least 1, got {seq_len}")
-    pretrained = load_tokenizer(tokenizer_name) if tokenizer_name else None  # before the data: fail fast
-    splits = load_text_dataset(dataset, seed)
-    field = text_field(splits)
-    texts = {split: _texts(splits[split], field) for split in ("train", "validation")}
-    tokenizer = pretrained or train_tokenizer(texts["train"], vocab_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
-    try:
-        meta = _write_blocks(tmp, texts, tokenizer, seq_len, dataset)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        n_eval_problems = _write_eval_problems(tmp / "test.jsonl", splits["test"])
-        meta.update(
-            dataset=dataset, identity=dataset_identity(dataset, seed), seed=seed, seq_len=seq_len,
-            tokenizer=tokenizer_name or f"bpe-{vocab_size} trained on train split", vocab_size=len(tokenizer),
-            n_eval_problems=n_eval_problems,
-        )
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: its presence marks completion
-        _publish(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return TokenizedData(out_dir)
-
-
-def _texts(dataset: Dataset, field: str) -> list[str]:
-    # Blank rows (wikitext's empty lines, blank lines of a txt file) would only add runs of EOS.
-    return [text for text in (format_example(row, field) for row in dataset) if text.strip()]
-
-
-def _write_blocks(root: Path, texts: dict[str, list[str]], tokenizer, seq_len: int, dataset: str) -> dict[str, Any]:
-    """Write <split>.npy for each split; return block and token counts and digests for meta.json."""
-    meta: dict[str, Any] = {"n_blocks": {}, "n_tokens": {}, "digests": {}}
-    for split, split_texts in texts.items():
-        ids = tokenizer(split_texts, add_special_tokens=False, verbose=False)["input_ids"]
-        eos = [tokenizer.eos_token_id]
-        stream = np.fromiter(itertools.chain.from_iterable(x + eos for x in ids), dtype=np.int32)
-        n_blocks = len(stream) // seq_len  # the remainder, shorter than a block, is dropped
-        if n_blocks == 0:
-            raise DatasetError(
-                f"dataset {dataset!r}: the {split} split has {len(stream)} tokens, fewer than one block of "
-                f"seq_len={seq_len}; use a smaller seq_len"
-            )
-        blocks = stream[: n_blocks * seq_len].reshape(n_blocks, seq_len)
-        np.save(root / f"{split}.npy", blocks)
-        meta["n_blocks"][split], meta["n_tokens"][split] = n_blocks, int(len(stream))
-        meta["digests"][split] = hashlib.sha256(blocks.tobytes()).hexdigest()[:16]
-    return meta
-
-
-def _write_eval_problems(path: Path, test: Dataset) -> int:
-    """One {"problem", "answer"} per line (the answer column, else the boxed answer of the solution);
-    returns how many."""
-    problems = []
-    for row in test if _has_answers(test) else []:
-        answer = row["answer"] if "answer" in row else extract_answer(row["solution"])
-        if answer is not None:
-            problems.append({"problem": row["problem"], "answer": str(answer)})
-    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
-    return len(problems)
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder into place; a complete one written meanwhile by another process wins."""
-    if out_dir.exists() and not is_complete(out_dir):
-        shutil.rmtree(out_dir)  # left over from an interrupted writer
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if not is_complete(out_dir):
-            raise

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from memopt import checkpoint, distributed, optim
-from memopt.data import TokenizedData
+from memopt.blocks import TokenizedData
 from memopt.evaluation import perplexity, validation_loss
 from memopt.memory import optimizer_state_bytes
 from memopt.methods import grad_accum_steps, recipe, run_hyperparameters

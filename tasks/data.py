@@ -18,7 +18,8 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from memopt.data import DEFAULT_VOCAB_SIZE, TokenizedData, dataset_identity, path_fingerprint, tokenize_dataset
+from memopt.blocks import DEFAULT_VOCAB_SIZE, TokenizedData, tokenize_dataset
+from memopt.data import dataset_identity, path_fingerprint
 
 # MLflow's dataset contexts for the two tokenized splits.
 CONTEXTS = {"train": "training", "validation": "validation"}

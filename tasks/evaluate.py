@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from prefect import task
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from memopt.data import TokenizedData
+from memopt.blocks import TokenizedData
 from memopt.evaluation import answer_accuracy, perplexity, validation_loss
 
 

@@ -1,4 +1,4 @@
-"""memopt.data and tasks.data on real components: datasets on local files, a trained BPE,
+"""memopt.data, memopt.blocks and tasks.data on real components: datasets on local files, a trained BPE,
 blocks on disk, a Prefect test server and an MLflow sqlite store."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
+from memopt.blocks import TokenizedData, tokenize_dataset, train_tokenizer
 from memopt.data import (
     DEFAULT_DATASET,
     MATH_FIELDS,
     DatasetError,
-    TokenizedData,
     check_dataset,
     dataset_identity,
     extract_answer,
@@ -25,8 +25,6 @@ from memopt.data import (
     normalize_answer,
     prompt_for,
     text_field,
-    tokenize_dataset,
-    train_tokenizer,
 )
 from memopt.datagen import generate_math_dataset
 

@@ -11,7 +11,8 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from memopt.data import DEFAULT_DATASET, TokenizedData, tokenize_dataset
+from memopt.blocks import TokenizedData, tokenize_dataset
+from memopt.data import DEFAULT_DATASET
 from memopt.models import build_model
 from memopt.tracking import child_run, open_parent_run
 from memopt.train import TrainConfig, train

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from memopt import checkpoint
-from memopt.data import DEFAULT_DATASET, tokenize_dataset
+from memopt.blocks import tokenize_dataset
+from memopt.data import DEFAULT_DATASET
 from memopt.tracking import child_run, open_parent_run
 from memopt.train import TrainConfig
 
