@@ -21,6 +21,7 @@ import torch
 from benchmarks.common import markdown_table, write_section
 from memopt import optim
 from memopt.config import CompareConfig
+from memopt.loss import CausalLMLoss
 from memopt.models import build_model
 
 MIB = 1024 * 1024
@@ -35,6 +36,7 @@ def measure(method: str, model_name: str, bf16: bool, batch: int, seq: int, step
     model = build_model(model_name, seed=0).to(device)
     model.config.use_cache = False
     opt = optim.build(method, model, **CompareConfig(methods=[method], model_name=model_name).method_hyperparameters(method))
+    loss_of = CausalLMLoss(model)  # the engine's loss
     amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -45,7 +47,7 @@ def measure(method: str, model_name: str, bf16: bool, batch: int, seq: int, step
             t0 = time.perf_counter()
         x = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen).to(device)
         with amp:
-            loss = model(input_ids=x, labels=x).loss
+            loss = loss_of(x)
         loss.backward()
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)

@@ -41,11 +41,12 @@ def _reset_hwm() -> bool:
         return False
 
 
-def child(method: str, model_name: str, batch: int, seq: int, steps: int) -> dict:
+def child(method: str, model_name: str, batch: int, seq: int, steps: int, transformers_loss: bool) -> dict:
     import torch
 
     from memopt import optim
     from memopt.config import CompareConfig
+    from memopt.loss import CausalLMLoss
     from memopt.memory import optimizer_state_bytes
     from memopt.methods import recipe
     from memopt.models import build_model
@@ -58,12 +59,13 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int) -> dic
     model.config.use_cache = False
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     opt = optim.build(recipe(method).optimizer, model, **hp)
+    loss_of = (lambda x: model(input_ids=x, labels=x).loss) if transformers_loss else CausalLMLoss(model)
     gen = torch.Generator().manual_seed(0)
     hwm_step1 = hwm_later = 0
     reset_ok = True
     for step in range(steps):
         x = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
-        loss = model(input_ids=x, labels=x).loss
+        loss = loss_of(x)
         loss.backward()
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
@@ -86,13 +88,23 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int) -> dic
 
 
 FIXED = " (fixed mmap threshold)"
+HF_LOSS = " (transformers' loss)"
+
+
+def variant(label: str) -> tuple[str, str]:
+    """(method, variant suffix) of a row label."""
+    for suffix in (FIXED, HF_LOSS):
+        if label.endswith(suffix):
+            return label.removesuffix(suffix), suffix
+    return label, ""
 
 
 def run_child(label: str, a: argparse.Namespace) -> dict:
-    method = label.removesuffix(FIXED)
+    method, suffix = variant(label)
     cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--child", method, "--model", a.model,
            "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} if label.endswith(FIXED) else None
+    cmd += ["--transformers_loss"] if suffix == HF_LOSS else []
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} if suffix == FIXED else None
     load = os.getloadavg()[0]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "load": load}
@@ -110,16 +122,19 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(optim.METHODS))
     p.add_argument("--fixed_mmap", default="adamw,blockllm",
                    help="methods also run with MALLOC_MMAP_THRESHOLD_=65536 (glibc's dynamic threshold off)")
+    p.add_argument("--hf_loss", default="adamw,blockllm",
+                   help="methods also run with transformers' loss (full logits) instead of the engine's fused one")
+    p.add_argument("--transformers_loss", action="store_true", help=argparse.SUPPRESS)  # child only
     p.add_argument("--child", default=None)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.model, a.batch, a.seq, a.steps)))
+        print(json.dumps(child(a.child, a.model, a.batch, a.seq, a.steps, a.transformers_loss)))
         return
 
     methods = [m for m in a.methods.split(",") if m]
     if "adamw" not in methods:
         methods.insert(0, "adamw")
-    methods += [m + FIXED for m in a.fixed_mmap.split(",") if m]
+    methods += [m + FIXED for m in a.fixed_mmap.split(",") if m] + [m + HF_LOSS for m in a.hf_loss.split(",") if m]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for rep in range(a.reps):  # round-robin
         for m in methods:
@@ -135,7 +150,7 @@ def main() -> None:
 
     rows = []
     for m in methods:
-        ref = "adamw" + FIXED if m.endswith(FIXED) else "adamw"
+        ref = "adamw" + variant(m)[1]
         ref_peak, ref_train = med(ref, "peak"), med(ref, "peak") - med(ref, "baseline")
         ref_later = med(ref, "peak_later") - med(ref, "baseline")
         peak, base, later = med(m, "peak"), med(m, "baseline"), med(m, "peak_later")
@@ -159,7 +174,10 @@ def main() -> None:
         "step, then reset (`/proc/self/clear_refs`) and read again after the last step. Rows marked fixed mmap "
         "threshold ran with `MALLOC_MMAP_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold "
         "(after a large tensor is freed, glibc raises the threshold up to 32 MiB, so later tensors below it come "
-        "from the heap and freed ones are kept resident); they are compared with AdamW run the same way.\n\n"
+        "from the heap and freed ones are kept resident). Every row computes the loss as the engine does "
+        "(`memopt.loss.CausalLMLoss`: fused, chunked linear cross-entropy) except those marked transformers' loss, "
+        "which call `model(input_ids, labels).loss` (the whole batch's fp32 logits, and their log-softmax and "
+        "gradients). Each variant row is compared with AdamW run the same way.\n\n"
         + markdown_table(header, rows)
     )
     write_section("peak_rss", "Peak RSS per method (own process each)", body)

@@ -32,6 +32,7 @@ def bare(data_dir: str, model_name: str, method: str, steps: int, batch: int, se
     from memopt import optim
     from memopt.blocks import TokenizedData
     from memopt.config import CompareConfig
+    from memopt.loss import CausalLMLoss
     from memopt.methods import recipe
     from memopt.models import build_model
     from memopt.train import TrainConfig, batch_indices
@@ -46,6 +47,7 @@ def bare(data_dir: str, model_name: str, method: str, steps: int, batch: int, se
     sched = get_cosine_with_min_lr_schedule_with_warmup(
         opt, int(defaults.warmup_ratio * steps), steps, min_lr_rate=defaults.min_lr_ratio
     )
+    loss_of = CausalLMLoss(model)  # the engine's loss
     torch.manual_seed(seed)
     with torch.no_grad():  # the engine's step-0 evaluation warms torch up before its first timed step; so here
         model(input_ids=data.blocks("validation")[:batch])
@@ -53,7 +55,7 @@ def bare(data_dir: str, model_name: str, method: str, steps: int, batch: int, se
     for step in range(steps):
         t0 = time.perf_counter()
         x = blocks[batch_indices(step, len(blocks), batch, seed)]
-        loss = model(input_ids=x, labels=x).loss
+        loss = loss_of(x)
         loss.backward()
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)

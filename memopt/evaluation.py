@@ -7,6 +7,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memopt.data import extract_answer, normalize_answer, prompt_for
+from memopt.loss import CausalLMLoss
 
 
 @torch.no_grad()
@@ -15,12 +16,13 @@ def validation_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    loss_of = CausalLMLoss(model)  # the training loss, computed the same way
     losses = []
     for i, start in enumerate(range(0, len(blocks), batch_size)):
         if max_batches is not None and i >= max_batches:
             break
         batch = blocks[start : start + batch_size].to(device)
-        losses.append(model(input_ids=batch, labels=batch).loss.float().item() * len(batch))
+        losses.append(loss_of(batch).float().item() * len(batch))
     model.train(was_training)
     n = min(len(blocks), batch_size * max_batches) if max_batches else len(blocks)
     return sum(losses) / n

@@ -35,6 +35,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from memopt import checkpoint, distributed, optim
 from memopt.blocks import TokenizedData
 from memopt.evaluation import perplexity, validation_loss
+from memopt.loss import CausalLMLoss
 from memopt.memory import optimizer_state_bytes
 from memopt.methods import grad_accum_steps, recipe, run_hyperparameters
 from memopt.models import build_model
@@ -185,7 +186,8 @@ def train(cfg: TrainConfig) -> None:
             **({"lr": cfg.lr} if cfg.lr is not None else {}),
         }
         optimizer = optim.build(r.optimizer, model, **hp)
-        forward = distributed.wrap(model, world)  # after the optimizer: it may freeze or reparameterize tensors
+        # after the optimizer: it may freeze or reparameterize tensors
+        forward = distributed.wrap(CausalLMLoss(model), world)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, warmup(cfg.warmup_steps, cfg.warmup_ratio, steps), steps, min_lr_rate=cfg.min_lr_ratio
         )
@@ -258,7 +260,7 @@ def train(cfg: TrainConfig) -> None:
                     for c, micro in enumerate(batch.chunk(chunks)):
                         with distributed.no_sync(forward, skip=(a, c) != (accum - 1, chunks - 1)):
                             with amp:
-                                loss = forward(input_ids=micro, labels=micro).loss / n_micro
+                                loss = forward(micro) / n_micro
                             (scaler.scale(loss) if scaler else loss).backward()
                         loss_sum += loss.detach().float()
                 loss_sum = distributed.mean(loss_sum, world)  # every rank sees (and stops on) the same loss
