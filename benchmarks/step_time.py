@@ -29,6 +29,7 @@ import torch
 from benchmarks.common import markdown_table, write_section
 from memopt import optim
 from memopt.config import CompareConfig
+from memopt.loss import CausalLMLoss
 from memopt.methods import run_hyperparameters
 from memopt.models import build_model
 
@@ -45,7 +46,7 @@ def timed_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         g["update_proj_gap"] = 1  # every step counter is a multiple of 1: this step refreshes every projector
     try:
         t0 = time.perf_counter()
-        loss = model(input_ids=x, labels=x).loss
+        loss = CausalLMLoss(model)(x)  # the engine's loss
         loss.backward()
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
