@@ -24,6 +24,9 @@ What differs, on purpose:
   zeroes the moments and restarts their bias correction at every refresh after the
   first; `full_rank_warmup_steps` = K runs plain AdamW on projected weights for K
   steps, then drops the full moments and projects, refreshing when (step-K) % T == 0.
+- `svd="randomized"` finds the projector with torch.svd_lowrank (rank + 8 columns, 2
+  subspace iterations, seeded from the step) instead of a full SVD: a faster refresh
+  whose subspace error BENCHMARKS.md reports beside its speed.
 - Plain tensors and the moment updates run on torch's foreach kernels; the
   project-back is fused into the weight with `addmm_` (no m x n temporary).
 
@@ -46,6 +49,24 @@ from memopt.optim.registry import MethodSpec, register
 from memopt.optim.targets import TARGET_KEYS, split_params
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+SVD_KINDS = ("full", "randomized")
+RANDOMIZED_OVERSAMPLE = 8  # range-finder columns beyond the rank (Halko, Martinsson, Tropp 2011 use 5 to 10)
+RANDOMIZED_NITER = 2  # subspace iterations, torch.svd_lowrank's default
+
+
+def top_singular_vectors(g: torch.Tensor, rank: int, svd: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U[:, :rank], Vh[:rank]) of `g`: by LAPACK's full SVD (the authors'), or by torch.svd_lowrank.
+
+    The randomized one draws its test matrix from a generator seeded with `seed` and leaves the
+    global RNG as it was, so a run (and its resume) does not depend on when refreshes happen.
+    """
+    if svd == "full":
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        return u[:, :rank], vh[:rank, :]
+    with torch.random.fork_rng(devices=[g.device] if g.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        u, _, v = torch.svd_lowrank(g, q=min(rank + RANDOMIZED_OVERSAMPLE, *g.shape), niter=RANDOMIZED_NITER)
+    return u[:, :rank], v[:, :rank].t()
 
 
 def projector_side(proj_type: str, m: int, n: int) -> str:
@@ -69,7 +90,7 @@ def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
 
 def check_galore_args(
     rank: int, update_proj_gap: int, scale: float, proj_type: str, full_rank_warmup_steps: int,
-    reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (),
+    reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (), svd: str = "full",
 ) -> None:
     check_range("rank", rank, 1, integer=True)
     for shape in shapes:
@@ -80,6 +101,7 @@ def check_galore_args(
     check_choice("proj_type", proj_type, PROJ_TYPES)
     check_range("full_rank_warmup_steps", full_rank_warmup_steps, 0, integer=True)
     check(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
+    check_choice("svd", svd, SVD_KINDS)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -95,13 +117,14 @@ class GaLoreAdamW(torch.optim.Optimizer):
         proj_type: str = "std",
         reset_state_on_refresh: bool = False,
         full_rank_warmup_steps: int = 0,
+        svd: str = "full",
     ) -> None:
         check_adam_args(lr, betas, eps, weight_decay)
-        check_galore_args(1, update_proj_gap, scale, proj_type, full_rank_warmup_steps, reset_state_on_refresh)
+        check_galore_args(1, update_proj_gap, scale, proj_type, full_rank_warmup_steps, reset_state_on_refresh, svd=svd)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
             scale=scale, proj_type=proj_type, reset_state_on_refresh=reset_state_on_refresh,
-            full_rank_warmup_steps=full_rank_warmup_steps,
+            full_rank_warmup_steps=full_rank_warmup_steps, svd=svd,
         )
         super().__init__(params, defaults)
 
@@ -111,7 +134,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         check_adam_args(g["lr"], g["betas"], g["eps"], g["weight_decay"])
         if g.get("rank") is not None:
             check_galore_args(g["rank"], g["update_proj_gap"], g["scale"], g["proj_type"], g["full_rank_warmup_steps"],
-                              g["reset_state_on_refresh"], [tuple(p.shape) for p in g["params"]])
+                              g["reset_state_on_refresh"], [tuple(p.shape) for p in g["params"]], svd=g["svd"])
 
     # --- projection -------------------------------------------------------------------------
     def _refresh(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -123,15 +146,14 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     def _new_projectors(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{'proj': ...} or {'proj_left': ..., 'proj_right': ...} from the SVD of `grad` (GoLore overrides)."""
-        r = group["rank"]
-        u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+        u, vh = top_singular_vectors(grad.float(), group["rank"], group.get("svd", "full"), seed=state["step"])
         side = projector_side(group["proj_type"], *grad.shape)
         # .to(copy=True): own storage of exactly the slice, not a view pinning the whole factor.
         new = {}
         if side in ("left", "full"):
-            new["proj_left" if side == "full" else "proj"] = u[:, :r].to(grad.dtype, copy=True)
+            new["proj_left" if side == "full" else "proj"] = u.to(grad.dtype, copy=True)
         if side in ("right", "full"):
-            new["proj_right" if side == "full" else "proj"] = vh[:r, :].to(grad.dtype, copy=True)
+            new["proj_right" if side == "full" else "proj"] = vh.to(grad.dtype, copy=True)
         return new
 
     @staticmethod
@@ -250,6 +272,7 @@ def galore_param_groups(
     reset_state_on_refresh: bool = False,
     full_rank_warmup_steps: int = 0,
     targets: tuple[str, ...] = TARGET_KEYS,
+    svd: str = "full",
 ) -> list[dict[str, Any]]:
     """Two groups: the weights `targets.split_params` picks (projected), and every other trainable tensor."""
     projected, plain = split_params(model, targets)
@@ -260,7 +283,7 @@ def galore_param_groups(
         groups.append({
             "params": projected, "rank": rank, "update_proj_gap": update_proj_gap, "scale": scale,
             "proj_type": proj_type, "reset_state_on_refresh": reset_state_on_refresh,
-            "full_rank_warmup_steps": full_rank_warmup_steps,
+            "full_rank_warmup_steps": full_rank_warmup_steps, "svd": svd,
         })
     return groups
 
@@ -269,12 +292,13 @@ def galore_param_groups(
 def build_galore(
     model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
     betas: tuple[float, float], eps: float, weight_decay: float, reset_state_on_refresh: bool,
-    full_rank_warmup_steps: int,
+    full_rank_warmup_steps: int, svd: str,
 ) -> GaLoreAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh, full_rank_warmup_steps)
+    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh,
+                                 full_rank_warmup_steps, svd=svd)
     return GaLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
                        scale=scale, proj_type=proj_type, reset_state_on_refresh=reset_state_on_refresh,
-                       full_rank_warmup_steps=full_rank_warmup_steps)
+                       full_rank_warmup_steps=full_rank_warmup_steps, svd=svd)
 
 
 def galore_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -> int:
@@ -284,7 +308,8 @@ def galore_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -
         for p in group["params"]:
             if "rank" in group:
                 check_galore_args(rank, hp.get("update_proj_gap", 200), hp.get("scale", 0.25), proj_type,
-                                  hp.get("full_rank_warmup_steps", 0), hp.get("reset_state_on_refresh", False), [tuple(p.shape)])
+                                  hp.get("full_rank_warmup_steps", 0), hp.get("reset_state_on_refresh", False),
+                                  [tuple(p.shape)], svd=hp.get("svd", "full"))
                 total += projected_state_elements(p.shape[0], p.shape[1], rank, proj_type) * p.element_size()
             else:
                 total += 2 * p.numel() * p.element_size()
@@ -299,7 +324,7 @@ GALORE = register(
         defaults={
             "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
             "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "reset_state_on_refresh": False,
-            "full_rank_warmup_steps": 0,
+            "full_rank_warmup_steps": 0, "svd": "full",
         },
         summary="GaLore-AdamW: Adam moments in a rank-r SVD subspace of attention/MLP gradients, refreshed every T steps",
         paper="arXiv 2403.03507",

@@ -100,13 +100,15 @@ class LayerwiseGaLoreAdamW(GaLoreAdamW):
 def build_galore_layerwise(
     model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
     betas: tuple[float, float], eps: float, weight_decay: float, reset_state_on_refresh: bool,
-    full_rank_warmup_steps: int, accumulation_steps: int,
+    full_rank_warmup_steps: int, svd: str, accumulation_steps: int,
 ) -> LayerwiseGaLoreAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh, full_rank_warmup_steps)
+    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh,
+                                 full_rank_warmup_steps, svd=svd)
     return LayerwiseGaLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                 update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
                                 reset_state_on_refresh=reset_state_on_refresh,
-                                full_rank_warmup_steps=full_rank_warmup_steps, accumulation_steps=accumulation_steps)
+                                full_rank_warmup_steps=full_rank_warmup_steps, svd=svd,
+                                accumulation_steps=accumulation_steps)
 
 
 def galore_layerwise_state_bytes(model: nn.Module, rank: int, proj_type: str, accumulation_steps: int = 1,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from memopt.optim.galore import GaLoreAdamW, galore_param_groups, projected_state_elements
+from memopt.optim.galore import GaLoreAdamW, galore_param_groups, projected_state_elements, top_singular_vectors
 
 PROJ_TYPES = ["std", "reverse_std", "left", "right", "full"]
 
@@ -97,6 +97,7 @@ def test_full_rank_warmup_then_projected():
         ({"update_proj_gap": 0}, "update_proj_gap"),
         ({"scale": 0.0}, "scale"),
         ({"full_rank_warmup_steps": -1}, "full_rank_warmup_steps"),
+        ({"svd": "lanczos"}, "full, randomized"),
     ],
 )
 def test_bad_values_raise(kwargs, match):
@@ -147,3 +148,24 @@ def test_state_elements_formula(proj_type, m, n, expected):
     opt.step()
     held = sum(t.numel() for t in opt.state[w].values() if isinstance(t, torch.Tensor))
     assert held == expected
+
+
+def test_randomized_svd_finds_the_dominant_subspace_and_leaves_the_global_rng_alone():
+    gen = torch.Generator().manual_seed(0)
+    # rank-4 signal with a clear gap over the noise, as gradients have
+    g = torch.randn(40, 4, generator=gen) @ torch.randn(4, 70, generator=gen) * 10 + torch.randn(40, 70, generator=gen) * 0.01
+    u_full, vh_full = top_singular_vectors(g, 4, "full", seed=0)
+    rng = torch.get_rng_state()
+    u, vh = top_singular_vectors(g, 4, "randomized", seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)
+    torch.testing.assert_close(u @ u.t(), u_full @ u_full.t(), atol=1e-4, rtol=0)  # same subspace, any basis
+    torch.testing.assert_close(vh.t() @ vh, vh_full.t() @ vh_full, atol=1e-4, rtol=0)
+    again = top_singular_vectors(g, 4, "randomized", seed=7)
+    assert torch.equal(again[0], u) and torch.equal(again[1], vh)  # the seed alone decides
+
+
+def test_randomized_svd_runs_are_reproducible():
+    first, _ = _run(GaLoreAdamW, "std", steps=9, gap=4, wd=0.0, svd="randomized")
+    second, opt = _run(GaLoreAdamW, "std", steps=9, gap=4, wd=0.0, svd="randomized")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert opt.param_groups[1]["svd"] == "randomized"
