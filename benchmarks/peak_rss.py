@@ -48,7 +48,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     from memopt.config import CompareConfig
     from memopt.loss import CausalLMLoss
     from memopt.memory import optimizer_state_bytes
-    from memopt.methods import recipe
+    from memopt.methods import recipe, run_hyperparameters
     from memopt.models import build_model
     from memopt.monitor import rss_bytes
 
@@ -58,7 +58,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     model = build_model(model_name, seed=0)
     model.config.use_cache = False
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    opt = optim.build(recipe(method).optimizer, model, **hp)
+    opt = optim.build(recipe(method).optimizer, model, **hp, **run_hyperparameters(recipe(method).optimizer, steps, 1))
     loss_of = (lambda x: model(input_ids=x, labels=x).loss) if transformers_loss else CausalLMLoss(model)
     gen = torch.Generator().manual_seed(0)
     hwm_step1 = hwm_later = 0

@@ -34,6 +34,9 @@ from memopt.methods import run_hyperparameters
 from memopt.models import build_model
 
 
+FUSED_ADAMW = "adamw (fused)"
+
+
 def projected_groups(opt: torch.optim.Optimizer) -> list[dict]:
     """The param groups whose projector is refreshed every `update_proj_gap` steps."""
     return [g for g in opt.param_groups if g.get("rank") is not None and "update_proj_gap" in g]
@@ -65,30 +68,35 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--refreshes", type=int, default=3, help="timed refresh steps per method with a projector")
     p.add_argument("--methods", default=",".join(optim.METHODS))
+    p.add_argument("--no_fused_adamw", action="store_true", help="leave out torch's fused AdamW contender")
     a = p.parse_args()
     if a.reps < 2 or a.refreshes < 1:
         p.error("--reps must be >= 2 (quartiles) and --refreshes >= 1")
     methods = [m for m in a.methods.split(",") if m]
     steps = 2 + a.reps + a.refreshes  # the run the optimizers are told about (GoLore places its switch by it)
+    # torch's fused AdamW rides along with the registry's foreach one: the fastest AdamW torch has
+    labels = methods + ([FUSED_ADAMW] if "adamw" in methods and not a.no_fused_adamw else [])
+    method_of = {m: "adamw" if m == FUSED_ADAMW else m for m in labels}
     contenders = {}
-    for m in methods:
+    for m in labels:
         model = build_model(a.model, vocab_size=a.vocab, seed=0)
         model.config.use_cache = False
-        hp = {**run_hyperparameters(m, total_steps=steps, accumulation_steps=1),
-              **CompareConfig(methods=[m], model_name=a.model).method_hyperparameters(m)}
-        contenders[m] = (model, optim.build(m, model, **hp), hp)
+        hp = {**run_hyperparameters(method_of[m], total_steps=steps, accumulation_steps=1),
+              **CompareConfig(methods=[method_of[m]], model_name=a.model).method_hyperparameters(method_of[m]),
+              **({"fused": True} if m == FUSED_ADAMW else {})}
+        contenders[m] = (model, optim.build(method_of[m], model, **hp), hp)
     gen = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {m: [] for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in labels}
     loads = []
     start = time.perf_counter()
     for rnd in range(2 + a.reps):
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
         loads.append(os.getloadavg()[0])
-        for m in methods[rnd % len(methods):] + methods[: rnd % len(methods)]:
+        for m in labels[rnd % len(labels):] + labels[: rnd % len(labels)]:
             t = timed_step(*contenders[m][:2], x)
             if rnd >= 2:
                 times[m].append(t)
-    refreshing = [m for m in methods if projected_groups(contenders[m][1])]
+    refreshing = [m for m in labels if projected_groups(contenders[m][1])]
     refresh: dict[str, list[float]] = {m: [] for m in refreshing}
     for rnd in range(a.refreshes if refreshing else 0):
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
@@ -98,36 +106,39 @@ def main() -> None:
     wall = time.perf_counter() - start
 
     amortized = {}
-    for m in methods:
+    for m in labels:
         ordinary = statistics.median(times[m])
-        gap = optim.hyperparameters(m, **contenders[m][2]).get("update_proj_gap")
+        gap = optim.hyperparameters(method_of[m], **contenders[m][2]).get("update_proj_gap")
         amortized[m] = ordinary + (statistics.median(refresh[m]) - ordinary) / gap if m in refresh else ordinary
     tokens = a.batch * a.seq
-    ref = amortized.get("adamw")
+    ref, ref_fused = amortized.get("adamw"), amortized.get(FUSED_ADAMW)
     rows = []
-    for m in methods:
+    for m in labels:
         q = statistics.quantiles(times[m], n=4)
         rows.append([m, ", ".join(f"{k}={v}" for k, v in contenders[m][2].items()) or "defaults",
                      f"{statistics.median(times[m]) * 1e3:.1f}", f"{q[0] * 1e3:.1f}–{q[2] * 1e3:.1f}",
                      f"{statistics.median(refresh[m]) * 1e3:.1f}" if m in refresh else "—",
                      f"{amortized[m] * 1e3:.1f}", f"{tokens / amortized[m]:,.0f}",
-                     f"**{ref / amortized[m]:.3f}**" if ref else "—"])
+                     f"**{ref / amortized[m]:.3f}**" if ref else "—",
+                     f"{ref_fused / amortized[m]:.3f}" if ref_fused else "—"])
     target = ""
     if ref and "galore" in amortized:
         target = (f"\n\nGaLore ÷ AdamW tokens/s, amortized: **{ref / amortized['galore']:.3f}** "
-                  "(target ≥ 0.97 on llama-60m, CPU).")
+                  "(target ≥ 0.97 on llama-60m, CPU)"
+                  + (f"; ÷ torch's fused AdamW: {ref_fused / amortized['galore']:.3f}." if ref_fused else "."))
     body = (
         f"`{a.model}` (vocab {a.vocab}, fp32), batch {a.batch} × seq {a.seq} = {tokens} tokens per step; {a.reps} rounds of "
         f"one step per method in turn (order rotated) after 2 warm-up rounds, medians; then {a.refreshes} rounds of one "
         "refresh step (update_proj_gap set to 1 for that step) per method with a projector, medians. Amortized ms / step "
         "= ordinary + (refresh − ordinary) / update_proj_gap; tokens/s = tokens per step ÷ amortized step. AdamW is the "
-        "registry's `adamw`: `torch.optim.AdamW(foreach=True)`, as the pipeline runs it. Not amortized here (see "
+        "registry's `adamw`: `torch.optim.AdamW(foreach=True)`, as the pipeline runs it; `adamw (fused)` is the same "
+        "method with `fused=True` (torch's fused kernel), the last column's yardstick. Not amortized here (see "
         "`optimizer_step`): ReLoRA's merges, LoRO's exact steps, SPAM's and Stable-SPAM's moment resets, BlockLLM's "
         f"re-selections. GoLore is told total_steps = {steps}, so its refresh steps here come after its switch and draw "
         f"random QR projectors, not SVDs. Load average (1 min) over the rounds: min {min(loads):.2f}, median "
         f"{statistics.median(loads):.2f}, max {max(loads):.2f}; timed rounds {wall / 60:.1f} min.\n\n"
         + markdown_table(["method", "settings", "median ms / step", "interquartile ms", "refresh step ms",
-                          "amortized ms / step", "tokens / s", "tokens/s ÷ AdamW"], rows)
+                          "amortized ms / step", "tokens / s", "tokens/s ÷ AdamW", "÷ AdamW (fused)"], rows)
         + target
     )
     # One section per model, so the llama-60m GaLore check does not replace the llama-9m table.

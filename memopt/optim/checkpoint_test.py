@@ -27,6 +27,7 @@ def run(model, opt, batches):
 
 CASES = [
     ("adamw", {"weight_decay": 0.1}),
+    ("adamw", {"weight_decay": 0.1, "fused": True}),
     ("galore", {"rank": 4, "update_proj_gap": 2, "weight_decay": 0.1}),  # SVDs at 0, 2, 4, 6; saved after 3
     ("galore", {"rank": 4, "update_proj_gap": 2, "proj_type": "full", "reset_state_on_refresh": True}),
     ("galore", {"rank": 4, "update_proj_gap": 2, "svd": "randomized"}),  # seeded from the step: no RNG state to save
