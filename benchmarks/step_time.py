@@ -42,14 +42,14 @@ def projected_groups(opt: torch.optim.Optimizer) -> list[dict]:
     return [g for g in opt.param_groups if g.get("rank") is not None and "update_proj_gap" in g]
 
 
-def timed_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, refresh: bool = False) -> float:
+def timed_step(loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tensor, refresh: bool = False) -> float:
     groups = projected_groups(opt) if refresh else []
     gaps = [g["update_proj_gap"] for g in groups]
     for g in groups:
         g["update_proj_gap"] = 1  # every step counter is a multiple of 1: this step refreshes every projector
     try:
         t0 = time.perf_counter()
-        loss = CausalLMLoss(model)(x)  # the engine's loss
+        loss = loss_of(x)
         loss.backward()
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
@@ -84,7 +84,7 @@ def main() -> None:
         hp = {**run_hyperparameters(method_of[m], total_steps=steps, accumulation_steps=1),
               **CompareConfig(methods=[method_of[m]], model_name=a.model).method_hyperparameters(method_of[m]),
               **({"fused": True} if m == FUSED_ADAMW else {})}
-        contenders[m] = (model, optim.build(method_of[m], model, **hp), hp)
+        contenders[m] = (CausalLMLoss(model), optim.build(method_of[m], model, **hp), hp)  # the engine's loss
     gen = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {m: [] for m in labels}
     loads = []

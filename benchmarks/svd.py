@@ -34,8 +34,9 @@ def projector(g: torch.Tensor, rank: int, svd: str) -> torch.Tensor:
 
 
 def kept(g: torch.Tensor, basis: torch.Tensor) -> float:
-    """‖PᵀG‖² on the projected side."""
-    return float((g @ basis).square().sum() if basis.shape[0] == g.shape[1] else (basis.t() @ g).square().sum())
+    """‖PᵀG‖² on the side `projector` chose."""
+    low = g @ basis if projector_side("std", *g.shape) == "right" else basis.t() @ g
+    return float(low.square().sum())
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from torch import nn
 from memopt.memory import optimizer_state_bytes
 from memopt.optim import build, expected_state_bytes
 from memopt.optim.fira import FiraAdamW
-from memopt.optim.testing import Tiny, resume_matches, train
+from memopt.optim.testing import Tiny, resume_matches, tall_wide_run, train
 
 
 def _authors(groups, **kw):
@@ -20,19 +20,8 @@ def _authors(groups, **kw):
         return Theirs(groups, no_deprecation_warning=True, **kw)
 
 
-def _run(make, proj_type, steps, gap=3, scale=0.25, wd=0.1, seed=0):
-    """Tall (12x6) and wide (5x9) projected weights plus a plain vector; gradients depend on the weights."""
-    torch.manual_seed(seed)
-    tall, wide, bias = nn.Parameter(torch.randn(12, 6)), nn.Parameter(torch.randn(5, 9)), nn.Parameter(torch.randn(7))
-    groups = [{"params": [bias]},
-              {"params": [tall, wide], "rank": 3, "update_proj_gap": gap, "scale": scale, "proj_type": proj_type}]
-    opt = make(groups, lr=0.01, weight_decay=wd)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        for p in (tall, wide, bias):
-            p.grad = torch.randn(p.shape, generator=gen) + 0.1 * p.detach()
-        opt.step()
-    return [p.detach().clone() for p in (tall, wide, bias)], opt
+def _run(make, proj_type, steps):
+    return tall_wide_run(make, proj_type, steps, gap=3, wd=0.1)
 
 
 @pytest.mark.parametrize("proj_type", ["std", "reverse_std", "left", "right"])

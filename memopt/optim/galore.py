@@ -250,7 +250,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if fused:
             fused_adam(*([xs[i] for i in fused] for xs in (params, grads, exp_avgs, exp_avg_sqs, moment_steps)),
                        lr=lr, betas=(beta1, beta2), eps=eps)
-        rest = [i for i in range(len(params)) if i not in set(fused)]
+        fused_set = set(fused)
+        rest = [i for i in range(len(params)) if i not in fused_set]
         if rest:
             self._foreach_adam(group, *([xs[i] for i in rest] for xs in (params, grads, exp_avgs, exp_avg_sqs, moment_steps)),
                                [low_rank.get(i) for i in rest])

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from memopt.optim.galore import GaLoreAdamW, galore_param_groups, projected_state_elements, top_singular_vectors
+from memopt.optim.testing import tall_wide_run
 
 PROJ_TYPES = ["std", "reverse_std", "left", "right", "full"]
 
@@ -17,21 +18,7 @@ def _authors():
 
 
 def _run(opt_cls, proj_type, steps, gap, wd, seed=0, **kw):
-    """Tall (12x6) and wide (5x9) projected weights plus a plain vector, same gradients every run."""
-    torch.manual_seed(seed)
-    tall, wide, bias = nn.Parameter(torch.randn(12, 6)), nn.Parameter(torch.randn(5, 9)), nn.Parameter(torch.randn(7))
-    groups = [
-        {"params": [bias]},
-        {"params": [tall, wide], "rank": 3, "update_proj_gap": gap, "scale": 0.25, "proj_type": proj_type},
-    ]
-    opt = opt_cls(groups, lr=0.01, weight_decay=wd, **kw)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        for p in (tall, wide, bias):
-            # a gradient that depends on the weights, so differences would compound
-            p.grad = torch.randn(p.shape, generator=gen) + 0.1 * p.detach()
-        opt.step()
-    return [p.detach().clone() for p in (tall, wide, bias)], opt
+    return tall_wide_run(opt_cls, proj_type, steps, gap, wd, seed=seed, **kw)
 
 
 @pytest.mark.parametrize("proj_type", PROJ_TYPES)

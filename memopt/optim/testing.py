@@ -64,3 +64,20 @@ def resume_matches(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], 
     train(m3, o3, range(k, k + n), vocab)
     a, b = m1.state_dict(), m3.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def tall_wide_run(make: Callable[..., torch.optim.Optimizer], proj_type: str, steps: int, gap: int, wd: float,
+                  scale: float = 0.25, seed: int = 0, **kw) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    """Tall (12x6) and wide (5x9) projected weights plus a plain vector, the same gradients every run;
+    a gradient depends on the weights, so differences between optimizers compound. Returns the weights."""
+    torch.manual_seed(seed)
+    tall, wide, bias = nn.Parameter(torch.randn(12, 6)), nn.Parameter(torch.randn(5, 9)), nn.Parameter(torch.randn(7))
+    groups = [{"params": [bias]},
+              {"params": [tall, wide], "rank": 3, "update_proj_gap": gap, "scale": scale, "proj_type": proj_type}]
+    opt = make(groups, lr=0.01, weight_decay=wd, **kw)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        for p in (tall, wide, bias):
+            p.grad = torch.randn(p.shape, generator=gen) + 0.1 * p.detach()
+        opt.step()
+    return [p.detach().clone() for p in (tall, wide, bias)], opt
