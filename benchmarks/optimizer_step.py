@@ -40,7 +40,7 @@ YARDSTICK, FUSED, AUTHORS = "torch AdamW (foreach)", "torch AdamW (fused)", "gal
 
 
 def pipeline_optimizer(method: str, model_name: str, model: torch.nn.Module, steps: int, method_args: dict):
-    """The optimizer as memopt.train builds it for a run of `steps` steps, and the hyperparameters it overrides."""
+    """The optimizer as the training engine (memopt/trainer.py) builds it for a run of `steps` steps, and the hyperparameters it overrides."""
     cfg = CompareConfig(methods=[method], model_name=model_name, method_args={method: method_args.get(method, {})})
     hp = {**run_hyperparameters(method, total_steps=steps, accumulation_steps=1), **cfg.method_hyperparameters(method)}
     return optim.build(method, model, **hp), hp

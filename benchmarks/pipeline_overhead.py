@@ -7,7 +7,7 @@ folder and sqlite store each repetition): Prefect's ephemeral server, tokenizati
 process with the memory sampler and MLflow logging, evaluation, the report. Contender B
 (`--bare DATA_DIR`) is one process that builds the same model (memopt.models), the same optimizer
 and LR schedule (memopt.optim registry, the pipeline's hyperparameters) and trains the same
-batches (memopt.train.batch_indices) of the same tokenized data: no MLflow, no Prefect, no
+batches (memopt.trainer.batch_indices) of the same tokenized data: no MLflow, no Prefect, no
 sampler, no grad-norm, no checkpoint, no evaluation. The two alternate (A B, B A, ...), medians.
 """
 from __future__ import annotations
@@ -31,13 +31,13 @@ def bare(data_dir: str, model_name: str, method: str, steps: int, batch: int, se
 
     from memopt import optim
     from memopt.blocks import TokenizedData
-    from memopt.config import CompareConfig
+    from memopt.config import CompareConfig, TrainingOptions
     from memopt.loss import CausalLMLoss
     from memopt.methods import recipe
     from memopt.models import build_model
-    from memopt.train import TrainConfig, batch_indices
+    from memopt.trainer import batch_indices
 
-    defaults = TrainConfig(method, model_name, data_dir, "", "", "")
+    defaults = TrainingOptions()
     data = TokenizedData(Path(data_dir))
     blocks = data.blocks("train")
     model = build_model(model_name, vocab_size=data.vocab_size, seed=seed)

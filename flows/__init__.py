@@ -1,0 +1,9 @@
+"""The Prefect flows. Importing this package sets the one Prefect setting memopt needs before Prefect reads
+its settings, which it does once, at import: every entry point (`python -m flows.compare`, `mlflow run`,
+`make run`, `python -m flows.serve`) imports this package first."""
+import os
+
+# The temporary API server that a flow started without PREFECT_API_URL waits for: Prefect's 20 s is too
+# short on a busy 2-core laptop (seen failing there). A value the user sets wins.
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))

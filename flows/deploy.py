@@ -3,7 +3,7 @@
     prefect server start --host 127.0.0.1                      # or a team server (README: Scaling out)
     python -m flows.deploy --pool memopt --name compare        # once: the pool (if missing) and the deployment
     prefect worker start --pool memopt --limit 1               # on each training machine, from this folder
-    prefect deployment run compare-optimizers/compare -p max_steps=200
+    prefect deployment run compare-optimizers/compare --params '{"config": {"max_steps": 200}}'
 
 The pool is a `process` pool: a worker runs each flow run as a subprocess of
 its own, in this project folder (the deployment's source), with the worker's

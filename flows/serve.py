@@ -1,30 +1,41 @@
 """Serve compare_optimizers on a cron schedule, for the Prefect UI.
 
-    prefect server start --host 127.0.0.1        # in one terminal
-    python -m flows.serve --cron "0 2 * * *"     # in another: runs nightly, shows in the UI
+    prefect server start --host 127.0.0.1                      # in one terminal
+    python -m flows.serve --cron "0 2 * * *" --max_steps 200   # in another: runs nightly, shows in the UI
 
-`serve` runs the scheduled flow runs in this process; stop it with Ctrl-C.
+Every parameter of `python -m flows.compare` is accepted and becomes the
+deployment's default (the UI's run form can still change each one). `serve`
+runs the scheduled flow runs in this process; stop it with Ctrl-C.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+
+from pydantic import Field
 
 from flows.compare import compare_optimizers
+from memopt.cli import from_command_line
+from memopt.config import CompareConfig, ConfigError
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--cron", default="0 2 * * *", help="when to run (cron syntax, the server's time zone)")
-    p.add_argument("--name", default="nightly-comparison", help="the deployment's name")
-    p.add_argument("--methods", default="adamw,galore,blockllm")
-    p.add_argument("--max_steps", type=int, default=0)
-    a = p.parse_args(argv)
-    compare_optimizers.serve(
-        name=a.name,
-        cron=a.cron,
-        parameters={"methods": a.methods.split(","), "max_steps": a.max_steps},
-    )
+class ServeOptions(CompareConfig):
+    """A comparison, plus when and under which name to serve it."""
+
+    cron: str = Field("0 2 * * *", description="when to run (cron syntax, the server's time zone)")
+    name: str = Field("nightly-comparison", description="the deployment's name")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts = from_command_line(ServeOptions, sys.argv[1:] if argv is None else argv, prog="python -m flows.serve",
+                                 description=__doc__.split("\n")[0])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = CompareConfig.model_validate(opts.model_dump(exclude={"cron", "name"}))
+    compare_optimizers.serve(name=opts.name, cron=opts.cron, parameters={"config": config.model_dump(mode="json")})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

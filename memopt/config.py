@@ -1,95 +1,267 @@
-"""A comparison's parameters, checked before anything starts.
+"""A comparison's configuration, declared once.
 
-Each check names the parameter, the value and what is allowed; the first
-failure raises `ConfigError`, and the command line turns it into one message
-and exit code 2. Checks that touch nothing come first; the tracking store is
-checked last, since reaching a sqlite store creates its file.
+Each parameter is one pydantic field: its type, bounds, default and one-line
+description. Everything else is derived from these classes:
+- the command line (memopt/cli.py, through pydantic-settings);
+- the Prefect flow's one parameter, whose run form shows the descriptions and bounds;
+- the MLflow params of a comparison (`as_params`) and its `config_json`, which
+  `--resume` reads back;
+- the training process's configuration file (`TrainConfig`);
+- the README's parameter table (`python -m memopt.cli --readme README.md`
+  rewrites it; a test checks it is current).
+
+`TrainingOptions` are what every method's training process reads: the
+comparison holds one and hands that same object to each process. A flat
+mapping (`{"batch_size": 4}`) is accepted wherever a configuration with
+`training` is, which is how the short flags (`--batch_size` for
+`--training.batch_size`) and configurations logged before the options were
+nested both arrive.
+
+Every error comes out through `memopt.cli.describe_error`: one line, `--NAME:
+got VALUE; must be ...`, which the command line prints with exit code 2. The checks that
+need the outside world (model, dataset, folders, tracking store) are in
+memopt/preflight.py.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import ast
 import os
-import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from memopt import optim
+from memopt.data import DEFAULT_DATASET
 from memopt.distributed import check_launch_options
-from memopt.options import check_training_options
-from memopt.blocks import DEFAULT_VOCAB_SIZE
-from memopt.data import DEFAULT_DATASET, DatasetError, check_dataset
-from memopt.methods import pipeline_methods, recipe, run_hyperparameters
-from memopt.models import PRESETS, build_model, is_preset, max_positions, preset_config
+from memopt.methods import pipeline_methods, recipe
+from memopt.models import PRESETS, is_preset
+from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
-CONFIG_PARAM = "config_json"  # the whole configuration, for --resume
 
 
 class ConfigError(ValueError):
-    pass
+    """Bad input: one line naming the parameter; the command line exits 2."""
 
 
-@dataclass
-class CompareConfig:
-    methods: list[str] = field(default_factory=lambda: ["adamw", "galore", "blockllm"])
-    model_name: str = "llama-9m"
-    dataset: str = DEFAULT_DATASET
-    batch_size: int = 8
-    epochs: int = 1
-    max_steps: int = 0
-    seq_len: int = 128
-    lr: float | None = None
-    eval_every: int = 50
-    seed: int = 0
-    output_dir: str = "./results"
-    tracking_uri: str = ""
-    rank: int | None = None  # every method with a `rank`; None: a quarter of the hidden size (the authors' ratio)
-    sparsity: float | None = None  # every method with a `sparsity`; None: the method's default
-    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"galore": {"update_proj_gap": 50}}
-    checkpoint_every: int = 50
-    retries: int = 1
-    resume: str | None = None  # a parent run id to finish
-    # Beyond one process (memopt/options.py, memopt/distributed.py)
-    total_batch_size: int = 0  # sequences per optimizer step; 0: batch_size × world size
-    warmup_steps: int | None = None  # None: 10% of the steps
-    dtype: str = "fp32"
-    grad_clip: float = 0.0
-    save_total_limit: int = 1
-    metric_for_best_model: str = ""
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str = ""
-    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) in each child run
+def _split_commas(value: Any) -> Any:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
-    def training_options(self) -> dict[str, Any]:
-        """What the comparison hands to every training process beyond the basic fields."""
-        names = ("total_batch_size", "warmup_steps", "dtype", "grad_clip", "save_total_limit", "metric_for_best_model",
-                 "nproc_per_node", "nnodes", "rdzv_endpoint")
-        return {k: getattr(self, k) for k in names}
+
+def _top_level_split(text: str) -> list[str]:
+    """Split on commas outside brackets and quotes, so `adamw.betas=(0.9,0.95)` stays one item."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _parse_method_args(value: Any) -> Any:
+    """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
+    if not isinstance(value, str):
+        return value
+    result: dict[str, dict[str, Any]] = {}
+    for item in filter(None, (part.strip() for part in _top_level_split(value))):
+        key, sep, text = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise ValueError(f"{item!r} is not METHOD.NAME=VALUE")
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parsed = text
+        result.setdefault(method, {})[name] = parsed
+    return result
+
+
+# NoDecode: the command line hands these over as typed, for the validators to parse.
+MethodNames = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+MethodArgs = Annotated[dict[str, dict[str, Any]], NoDecode, BeforeValidator(_parse_method_args)]
+
+
+class Section(BaseModel):
+    """A group of parameters: unknown keys are errors, and "" means "the default" (what an MLproject
+    parameter or a form field left empty sends)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # not for a list: `--methods ''` names no method, and says so
+            scalar = {k for k, f in cls.model_fields.items()
+                      if not f.is_required() and not isinstance(f.get_default(call_default_factory=True), list)}
+            data = {k: v for k, v in data.items() if not (k in scalar and isinstance(v, str) and v == "")}
+        return data
+
+
+class TrainingOptions(Section):
+    """Training options shared by every method (memopt/options.py explains the batch geometry)."""
+
+    batch_size: int = Field(8, ge=1, description="sequences each process runs forward at once")
+    total_batch_size: int = Field(
+        0, ge=0, description="sequences per optimizer step; gradient accumulation = it / (batch_size × world size), "
+        "which must divide it; 0: no accumulation")
+    epochs: int = Field(1, ge=1, description="passes over the training split")
+    max_steps: int = Field(0, ge=0, description="> 0: exactly this many optimizer steps, overriding epochs")
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False,
+                             description="one learning rate for every method (unset: each method's own)")
+    warmup_steps: int | None = Field(None, ge=0, description="LR warm-up steps of the cosine schedule "
+                                     "(unset: warmup_ratio of the steps)")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="the warm-up's share of the steps when warmup_steps is not given")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine schedule's last learning rate, as a share of the peak")
+    grad_clip: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="max total gradient norm (0: off); grad_norm is logged before clipping")
+    dtype: typing.Literal["fp32", "bf16"] = Field(
+        "fp32", description="the weights' dtype (autocast is the adamw-amp recipe's, independent of this)")
+    seed: int = Field(0, ge=0, description="data, model init and every random choice")
+    eval_every: int = Field(50, ge=1, description="steps between validation losses")
+    eval_batches: int = Field(8, ge=1, description="validation batches per evaluation while training "
+                              "(the final evaluation reads the whole split)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    save_total_limit: int = Field(1, ge=1, description="checkpoints kept per method")
+    metric_for_best_model: str = Field(
+        "", description="val_loss or val_perplexity: the best evaluation's model is the final, logged one "
+        "(unset: the last model)")
+    nproc_per_node: int = Field(1, ge=1, description="> 1: each method trains with DDP through torchrun, "
+                                "one process per GPU (gloo on CPU)")
+    nnodes: int = Field(1, ge=1, description="machines taking part, each running the same torchrun (README: Scaling out)")
+    rdzv_endpoint: str = Field("", description="HOST:PORT of the first node, with nnodes > 1")
+    memory_interval_s: float = Field(0.1, gt=0, allow_inf_nan=False, description="seconds between memory (RSS) samples")
+    system_metrics: bool = Field(False, description="MLflow's system metrics (system/cpu_utilization_percentage, "
+                                 "memory, disk, network; GPU where present) in each child run")
+    system_metrics_interval_s: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                             description="seconds between system-metrics samples")
+
+    @field_validator("metric_for_best_model")
+    @classmethod
+    def _best_metric(cls, value: str) -> str:
+        if value and value not in BEST_METRICS:
+            why = " (it is measured once, on the final model, by the evaluate task)" if value in NOT_DURING_TRAINING else ""
+            raise ValueError(f"got {value!r}{why}; must be empty (the last model) or one of {', '.join(BEST_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _geometry(self) -> "TrainingOptions":
+        if self.total_batch_size:
+            per_step = self.batch_size * self.world_size
+            if self.total_batch_size % per_step:
+                raise ValueError(
+                    f"--total_batch_size: got {self.total_batch_size}; must be a multiple of --batch_size × world size = "
+                    f"{self.batch_size} × {self.world_size} = {per_step} (the gradient accumulation steps are derived from it)"
+                )
+        if self.warmup_steps is not None and self.max_steps and self.warmup_steps > self.max_steps:
+            raise ValueError(f"--warmup_steps: got {self.warmup_steps}; must be at most --max_steps {self.max_steps}")
+        check_launch_options(self.nproc_per_node, self.nnodes, self.rdzv_endpoint)
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.total_batch_size // (self.batch_size * self.world_size) if self.total_batch_size else 1
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step."""
+        return self.batch_size * self.world_size * self.accumulation_steps
+
+
+class WithTraining(Section):
+    """A configuration that holds the training options; accepts them flat as well as nested."""
+
+    training: TrainingOptions = Field(default_factory=TrainingOptions, description="training options shared by every method")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_flat_training_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not set(data) & set(TrainingOptions.model_fields):
+            return data
+        nested = data.get("training", {})
+        nested = nested.model_dump(exclude_unset=True) if isinstance(nested, TrainingOptions) else dict(nested)
+        flat = {k: v for k, v in data.items() if k in TrainingOptions.model_fields}
+        rest = {k: v for k, v in data.items() if k not in TrainingOptions.model_fields}
+        return {**rest, "training": {**nested, **flat}}  # a flat key is the more explicit: it wins
+
+
+class CompareConfig(WithTraining):
+    """One comparison: which methods, on which model and data, with which training options."""
+
+    methods: MethodNames = Field(["adamw", "galore", "blockllm"], description="comma-separated method names (README: Methods)")
+    model_name: str = Field(
+        "llama-9m", description="a preset (llama-micro, llama-9m … llama-13b, qwen2-0.5b, qwen2-1b, qwen2-7b; random init), "
+        "a save_pretrained folder, or a hub name (distilgpt2): pretrained ones are fine-tuned")
+    dataset: str = Field(
+        DEFAULT_DATASET, description="the embedded default (generated offline from the seed, MATH-500's columns "
+        "problem/solution/answer), a hub name, a local json/jsonl/txt/csv/parquet file or folder, or a save_to_disk folder")
+    seq_len: int = Field(128, ge=2, description="tokens per sequence")
+    output_dir: str = Field("./results", description="report, checkpoints, models and the token cache")
+    tracking_uri: str = Field("", description="an MLflow store: sqlite:///PATH.db or a tracking server http(s)://HOST:PORT "
+                              "(unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    rank: int | None = Field(None, ge=1, description="rank of every low-rank method (unset: hidden size / 4, at most "
+                             "the method's own, 128 for the 512-wide llama-60m: the authors' ratio)")
+    sparsity: float | None = Field(None, ge=0, lt=1, description="every method with a sparsity, BlockLLM's share of "
+                                   "elements left out (unset: the method's own, 0.9)")
+    method_args: MethodArgs = Field(default_factory=dict, description="any other hyperparameter, METHOD.NAME=VALUE,... "
+                                    "e.g. galore.update_proj_gap=50,blockllm.patience=20")
+    retries: int = Field(1, ge=0, description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
+    resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        valid = pipeline_methods()
+        if not methods:
+            raise ValueError(f"empty; choose from {', '.join(valid)}")
+        for m in methods:
+            if m not in valid:
+                raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(valid)}")
+        repeated = sorted({m for m in methods if methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
+        return methods
+
+    @model_validator(mode="after")
+    def _method_args_name_methods(self) -> "CompareConfig":
+        unknown = sorted(set(self.method_args) - set(self.methods))
+        if unknown:
+            raise ValueError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
+        return self
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
+    def to_json(self) -> str:
+        """What `--resume` reads back: everything but where the store is and the resume itself."""
+        return self.model_dump_json(exclude={"resume", "tracking_uri"})
+
     def as_params(self) -> dict[str, str]:
-        """One param per field for the MLflow UI, plus the whole configuration as JSON for --resume."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("resume", "tracking_uri")}
-        return {**{k: str(v) for k, v in fields.items()}, CONFIG_PARAM: json.dumps(fields)}
+        """One MLflow param per parameter (the training options under their own names)."""
+        values = {**self.model_dump(exclude={"resume", "tracking_uri", "training"}), **self.training.model_dump()}
+        return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items()}
 
     def hidden_size(self) -> int | None:
-        if is_preset(self.model_name):
-            return PRESETS[self.model_name].hidden_size
-        return None
+        return PRESETS[self.model_name].hidden_size if is_preset(self.model_name) else None
 
     def method_hyperparameters(self, method: str) -> dict[str, Any]:
         """What this comparison overrides for `method`'s optimizer."""
-        name = recipe(method).optimizer
-        defaults = optim.spec(name).defaults
+        defaults = optim.spec(recipe(method).optimizer).defaults
         hp: dict[str, Any] = {}
         if "rank" in defaults:
             if self.rank is not None:
@@ -101,110 +273,20 @@ class CompareConfig:
         return {**hp, **self.method_args.get(method, {})}
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"--{name}: got {value!r}; must be an integer >= {minimum}")
+class TrainConfig(WithTraining):
+    """What one training process (`python -m memopt.train CONFIG.json`) is told."""
 
+    method: str = Field(description="a pipeline method name")
+    model_name: str = Field(description="as CompareConfig.model_name")
+    data_dir: str = Field(description="a TokenizedData folder")
+    output_dir: str = Field(description="this method's own folder: checkpoints/, best/ and final/")
+    run_id: str = Field(description="the MLflow child run, created by the train task")
+    tracking_uri: str = Field(description="the MLflow store")
+    method_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's hyperparameters beyond its defaults")
 
-def validate(cfg: CompareConfig) -> None:
-    if not cfg.methods:
-        raise ConfigError(f"--methods: empty; choose from {', '.join(pipeline_methods())}")
-    for m in cfg.methods:
-        if m not in pipeline_methods():
-            raise ConfigError(f"--methods: unknown method {m!r}; valid methods: {', '.join(pipeline_methods())}")
-    repeated = sorted({m for m in cfg.methods if cfg.methods.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"--methods: {', '.join(repeated)} given more than once; each method runs once")
-    for name, minimum in (("batch_size", 1), ("epochs", 1), ("max_steps", 0), ("seq_len", 2), ("eval_every", 1),
-                          ("seed", 0), ("checkpoint_every", 1), ("retries", 0)):
-        _positive_int(name, getattr(cfg, name), minimum)
-    if cfg.lr is not None and not (isinstance(cfg.lr, float | int) and 0 < cfg.lr < float("inf")):
-        raise ConfigError(f"--lr: got {cfg.lr!r}; must be a number > 0")
-    if cfg.rank is not None:
-        _positive_int("rank", cfg.rank)
-    if cfg.sparsity is not None and not (isinstance(cfg.sparsity, float | int) and 0 <= cfg.sparsity < 1):
-        raise ConfigError(f"--sparsity: got {cfg.sparsity!r}; must be in [0, 1)")
-    unknown = sorted(set(cfg.method_args) - set(cfg.methods))
-    if unknown:
-        raise ConfigError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(cfg.methods)}")
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        return cls.model_validate_json(Path(path).read_text())
 
-    _validate_scaleout(cfg)
-    _validate_model(cfg)
-    try:
-        check_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise ConfigError(f"--dataset: {exc}") from None
-    _validate_output_dir(cfg.output_dir)
-    _validate_tracking_uri(cfg.resolved_tracking_uri())
-
-
-def _validate_scaleout(cfg: CompareConfig) -> None:
-    try:
-        check_launch_options(cfg.nproc_per_node, cfg.nnodes, cfg.rdzv_endpoint)
-        check_training_options(
-            batch_size=cfg.batch_size, total_batch_size=cfg.total_batch_size, world_size=cfg.nproc_per_node * cfg.nnodes,
-            warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, dtype=cfg.dtype, grad_clip=cfg.grad_clip,
-            save_total_limit=cfg.save_total_limit, metric_for_best_model=cfg.metric_for_best_model,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _validate_model(cfg: CompareConfig) -> None:
-    if is_preset(cfg.model_name):
-        limit = preset_config(cfg.model_name).max_position_embeddings
-    else:
-        try:
-            limit = max_positions(cfg.model_name)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"--model_name: cannot load a model config from {cfg.model_name!r} "
-                f"(a preset: {', '.join(PRESETS)}; a save_pretrained folder; or a hub name): {exc}"
-            ) from None
-    if limit is not None and cfg.seq_len > limit:
-        raise ConfigError(f"--seq_len: got {cfg.seq_len}; model {cfg.model_name!r} allows at most {limit} positions")
-    if not is_preset(cfg.model_name):
-        return
-    # Every optimizer checks its own hyperparameters; build each on a weightless (meta) copy of the model.
-    with torch.device("meta"):
-        model = build_model(cfg.model_name, vocab_size=DEFAULT_VOCAB_SIZE)
-    for method in cfg.methods:
-        try:
-            name = recipe(method).optimizer
-            facts = run_hyperparameters(name, total_steps=max(1, cfg.max_steps), accumulation_steps=1)  # checked for real in training
-            optim.build(name, model, **{**facts, **cfg.method_hyperparameters(method)})
-        except ValueError as exc:
-            raise ConfigError(f"--methods {method}: {exc}") from None
-        except TypeError as exc:  # a value of the wrong type, e.g. adamw.eps='x': the optimizer compares it
-            raise ConfigError(
-                f"--method_args {method}: {cfg.method_args.get(method, {})} has a value of the wrong type ({exc}); "
-                f"defaults: {optim.spec(recipe(method).optimizer).defaults}"
-            ) from None
-        except (NotImplementedError, RuntimeError):
-            pass  # this optimizer needs real tensors to build; the training process checks it
-
-
-def _validate_output_dir(output_dir: str) -> None:
-    path = Path(output_dir).resolve()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing} is not a writable folder)")
-    try:  # os.access says yes to root everywhere; a read-only mount or /proc says no only when written
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as exc:
-        raise ConfigError(f"--output_dir: {output_dir!r} cannot be written ({existing}: {exc.strerror})") from None
-
-
-def _validate_tracking_uri(uri: str) -> None:
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConfigError(f"--tracking_uri: {uri} does not answer ({exc})") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        folder = db.resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ConfigError(f"--tracking_uri: {uri}: folder {folder} does not exist or cannot be written")
-    elif uri.startswith("file:") or "://" not in uri:
-        raise ConfigError(f"--tracking_uri: {uri}: use sqlite:///PATH.db or http://HOST:PORT (the file store is retired)")
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2))

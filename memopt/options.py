@@ -1,5 +1,6 @@
-"""Training options shared by every method: batch geometry, warm-up, weight dtype, clipping, checkpoints kept,
-and the best model.
+"""What the training options shared by every method mean, and the engine's helpers for them: batch geometry,
+warm-up, weight dtype, clipping and the best model. The options themselves are declared, with their checks,
+in `memopt.config.TrainingOptions`.
 
 Batch geometry. One optimizer step consumes `total_batch_size` sequences:
 
@@ -22,7 +23,6 @@ once, by the evaluate task, on that final model.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
@@ -30,58 +30,6 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BEST_METRICS = {"val_loss": False, "val_perplexity": False}  # name -> greater is better
 NOT_DURING_TRAINING = {"answer_accuracy", "final_val_loss", "perplexity"}
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_training_options(
-    *,
-    batch_size: int,
-    total_batch_size: int = 0,
-    world_size: int = 1,
-    warmup_steps: int | None = None,
-    max_steps: int = 0,
-    dtype: str = "fp32",
-    grad_clip: float = 0.0,
-    save_total_limit: int = 1,
-    metric_for_best_model: str = "",
-) -> None:
-    """Raise ValueError('--NAME: got VALUE; ...') for the first bad option."""
-    if not _int(total_batch_size) or total_batch_size < 0:
-        raise ValueError(f"--total_batch_size: got {total_batch_size!r}; must be an integer >= 0 (0: batch_size × world size)")
-    if total_batch_size:
-        per_step = batch_size * world_size
-        if total_batch_size % per_step:
-            raise ValueError(
-                f"--total_batch_size: got {total_batch_size}; must be a multiple of --batch_size × world size = "
-                f"{batch_size} × {world_size} = {per_step} (the gradient accumulation steps are derived from it)"
-            )
-    if warmup_steps is not None:
-        if not _int(warmup_steps) or warmup_steps < 0:
-            raise ValueError(f"--warmup_steps: got {warmup_steps!r}; must be an integer >= 0 (empty: 10% of the steps)")
-        if max_steps and warmup_steps > max_steps:
-            raise ValueError(f"--warmup_steps: got {warmup_steps}; must be at most --max_steps {max_steps}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype: got {dtype!r}; must be one of {', '.join(DTYPES)} (the weights' dtype)")
-    if isinstance(grad_clip, bool) or not isinstance(grad_clip, float | int) or not (0 <= grad_clip < math.inf):
-        raise ValueError(f"--grad_clip: got {grad_clip!r}; must be a number >= 0 (0: no clipping)")
-    if not _int(save_total_limit) or save_total_limit < 1:
-        raise ValueError(f"--save_total_limit: got {save_total_limit!r}; must be an integer >= 1 (checkpoints kept)")
-    if metric_for_best_model and metric_for_best_model not in BEST_METRICS:
-        why = " (it is measured once, on the final model, by the evaluate task)" if metric_for_best_model in NOT_DURING_TRAINING else ""
-        raise ValueError(
-            f"--metric_for_best_model: got {metric_for_best_model!r}{why}; must be empty (the last model) or one of "
-            f"{', '.join(BEST_METRICS)}"
-        )
-
-
-def accumulation_steps(total_batch_size: int, batch_size: int, world_size: int) -> int:
-    if not total_batch_size:
-        return 1
-    check_training_options(batch_size=batch_size, total_batch_size=total_batch_size, world_size=world_size)
-    return total_batch_size // (batch_size * world_size)
 
 
 def warmup(warmup_steps: int | None, warmup_ratio: float, steps: int) -> int:

@@ -12,7 +12,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 
 from memopt.tracking import child_runs  # noqa: E402
-from memopt.train import FAILURE_TAG  # noqa: E402
+from memopt.vocabulary import Metric, Param, Tag  # noqa: E402
 
 TABLE = "comparison_results.md"
 LOSS_PLOT = "cpu_optimization_comparison.png"
@@ -47,22 +47,23 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 
 def method_result(client: MlflowClient, run: Run) -> MethodResult:
     metrics, params = run.data.metrics, run.data.params
-    r = MethodResult(run.data.tags["memopt.method"], run.info.status, run.data.tags.get(FAILURE_TAG, ""))
-    step_times = [v for _, v, _ in _history(client, run.info.run_id, "step_time_s")]
+    r = MethodResult(run.data.tags[Tag.METHOD], run.info.status, run.data.tags.get(Tag.FAILURE_REASON, ""))
+    step_times = [v for _, v, _ in _history(client, run.info.run_id, Metric.STEP_TIME_S)]
     if step_times:
-        steps_per_epoch = max(1, int(params.get("steps_per_epoch", len(step_times))))
+        steps_per_epoch = max(1, int(params.get(Param.STEPS_PER_EPOCH, len(step_times))))
         r.epoch_time_s = sum(step_times) / len(step_times) * steps_per_epoch
-        tokens = int(params.get("batch_size", 0)) * int(params.get("seq_len", 0)) * len(step_times)
+        # an optimizer step takes the global batch: every process's, every accumulation round's
+        tokens = int(params.get(Param.GLOBAL_BATCH_SIZE, 0)) * int(params.get(Param.SEQ_LEN, 0)) * len(step_times)
         r.tokens_per_s = tokens / sum(step_times) if tokens else None
-    r.train_loss = metrics.get("train_loss")
-    r.val_loss = metrics.get("final_val_loss", metrics.get("val_loss"))
-    r.peak_rss_mb = metrics.get("peak_rss_mb")
-    if r.peak_rss_mb is not None and "rss_at_start_mb" in metrics:
-        r.training_mb = r.peak_rss_mb - metrics["rss_at_start_mb"]
-    r.perplexity = metrics.get("perplexity")
-    r.accuracy = metrics.get("answer_accuracy")
-    if "optimizer_state_bytes" in metrics:
-        r.state_mb = metrics["optimizer_state_bytes"] / MIB
+    r.train_loss = metrics.get(Metric.TRAIN_LOSS)
+    r.val_loss = metrics.get(Metric.FINAL_VAL_LOSS, metrics.get(Metric.VAL_LOSS))
+    r.peak_rss_mb = metrics.get(Metric.PEAK_RSS_MB)
+    if r.peak_rss_mb is not None and Metric.RSS_AT_START_MB in metrics:
+        r.training_mb = r.peak_rss_mb - metrics[Metric.RSS_AT_START_MB]
+    r.perplexity = metrics.get(Metric.PERPLEXITY)
+    r.accuracy = metrics.get(Metric.ANSWER_ACCURACY)
+    if Metric.OPTIMIZER_STATE_BYTES in metrics:
+        r.state_mb = metrics[Metric.OPTIMIZER_STATE_BYTES] / MIB
     return r
 
 
@@ -93,10 +94,10 @@ def markdown_table(results: list[MethodResult]) -> str:
 def _plot_losses(client: MlflowClient, runs: dict[str, Run], path: Path) -> None:
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
     for method, run in runs.items():
-        for ax, key in ((ax_train, "train_loss"), (ax_val, "val_loss")):
+        for ax, key in ((ax_train, Metric.TRAIN_LOSS), (ax_val, Metric.VAL_LOSS)):
             points = _history(client, run.info.run_id, key)
             if points:
-                ax.plot([s for s, _, _ in points], [v for _, v, _ in points], label=method, marker="." if key == "val_loss" else None)
+                ax.plot([s for s, _, _ in points], [v for _, v, _ in points], label=method, marker="." if key == Metric.VAL_LOSS else None)
     for ax, title in ((ax_train, "Training loss"), (ax_val, "Validation loss")):
         ax.set(title=title, xlabel="optimizer step", ylabel="loss")
         ax.grid(alpha=0.3)
@@ -109,7 +110,7 @@ def _plot_losses(client: MlflowClient, runs: dict[str, Run], path: Path) -> None
 def _plot_memory(client: MlflowClient, runs: dict[str, Run], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for method, run in runs.items():
-        points = sorted(_history(client, run.info.run_id, "memory_rss_mb"), key=lambda p: p[2])
+        points = sorted(_history(client, run.info.run_id, Metric.MEMORY_RSS_MB), key=lambda p: p[2])
         if points:
             t0 = points[0][2]
             ax.plot([(t - t0) / 1000 for _, _, t in points], [v for _, v, _ in points], label=method)

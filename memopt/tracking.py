@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -19,6 +20,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+from memopt.config import CompareConfig
+from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, Tag
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAM_LENGTH = 6000
@@ -52,18 +56,18 @@ class RunLogger:
 
     def metrics(self, values: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         timestamp_ms = timestamp_ms or int(time.time() * 1000)
-        fresh = [Metric(k, float(v), timestamp_ms, step) for k, v in values.items() if not self.already_logged(k, step)]
+        fresh = [Metric(str(k), float(v), timestamp_ms, step) for k, v in values.items() if not self.already_logged(k, step)]
         with self._lock:
             self._pending.extend(fresh)
 
     def params(self, values: dict[str, object]) -> None:
         existing = self.client.get_run(self.run_id).data.params
-        params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items() if k not in existing]
+        params = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items() if k not in existing]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def tags(self, values: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in values.items()])
 
     def flush(self) -> None:
         """Send everything queued so far; the training loop calls it before each checkpoint."""
@@ -103,11 +107,6 @@ def ensure_store(tracking_uri: str) -> None:
 
 # --- Runs of a comparison: one parent, one child per method -------------------------------------
 
-EXPERIMENT = "memopt"
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests children under the parent
-METHOD_TAG = "memopt.method"
-
-
 def open_parent_run(client: MlflowClient, run_id: str | None, run_name: str | None = None) -> str:
     """The parent run: `run_id` when given (mlflow run's MLFLOW_RUN_ID, or --resume), else a new one."""
     if run_id:
@@ -126,16 +125,36 @@ def open_parent_run(client: MlflowClient, run_id: str | None, run_name: str | No
     return client.create_run(experiment_id, run_name=run_name).info.run_id
 
 
+def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str | None,
+                    prefect_flow_run_id: str | None) -> str:
+    """The comparison's parent run, with its params: the one `--resume` names, else the run `mlflow run`
+    made (`mlflow_run_id`), else a new one. Returns its id."""
+    parent = open_parent_run(client, cfg.resume or mlflow_run_id, run_name="compare")
+    if cfg.resume and mlflow_run_id and mlflow_run_id != parent:
+        # `mlflow run -P resume=ID` made a run of its own before our code ran: it stays a pointer to the
+        # comparison it finishes, and `mlflow run` ends it from our exit code.
+        client.set_tag(mlflow_run_id, Tag.RESUMED_PARENT, parent)
+    client.log_batch(parent, params=[])  # fail early if the parent is not writable
+    if prefect_flow_run_id:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
+        client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run_id)
+    existing = client.get_run(parent).data.params
+    params = {**cfg.as_params(), CONFIG_PARAM: cfg.to_json()}
+    fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(fresh), 100):
+        client.log_batch(parent, params=fresh[i : i + 100])
+    return parent
+
+
 def child_runs(client: MlflowClient, parent_run_id: str) -> dict[str, "mlflow.entities.Run"]:
     """The method's newest child run under the parent, by method name."""
     parent = client.get_run(parent_run_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        filter_string=f"tags.`{Tag.PARENT}` = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"],
         max_results=1000,
     )
-    return {r.data.tags[METHOD_TAG]: r for r in runs if METHOD_TAG in r.data.tags}
+    return {r.data.tags[Tag.METHOD]: r for r in runs if Tag.METHOD in r.data.tags}
 
 
 def child_run(client: MlflowClient, parent_run_id: str, method: str) -> "mlflow.entities.Run":
@@ -145,5 +164,36 @@ def child_run(client: MlflowClient, parent_run_id: str, method: str) -> "mlflow.
         return existing
     parent = client.get_run(parent_run_id)
     return client.create_run(
-        parent.info.experiment_id, run_name=method, tags={PARENT_TAG: parent_run_id, METHOD_TAG: method}
+        parent.info.experiment_id, run_name=method, tags={Tag.PARENT: parent_run_id, Tag.METHOD: method}
     )
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, Tag.FAILURE_REASON, reason[:5000])
+    client.set_terminated(run_id, "FAILED")
+
+
+def close_comparison(client: MlflowClient, parent: str, failed: list[str], end_parent: bool) -> None:
+    """Tag the parent with the methods that failed (or clear the tag a resume made stale), and end it unless
+    `mlflow run` owns it (it ends its run from our exit code)."""
+    if failed:
+        client.set_tag(parent, Tag.FAILED_METHODS, ",".join(failed))
+    elif Tag.FAILED_METHODS in client.get_run(parent).data.tags:
+        client.delete_tag(parent, Tag.FAILED_METHODS)
+    if end_parent:
+        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+
+
+def fail_mlflow_run(reason: str) -> None:
+    """Bad input under `mlflow run`: MLflow made the parent run before our code ran. End it FAILED with the
+    reason, so that no run is left RUNNING. Not deleted: `mlflow run` sets the run FAILED itself afterwards
+    (its "already terminated?" check compares a string status with ints, so it always does), and on a
+    deleted run that raises, burying our message under a traceback. Empty FAILED runs are what `mlflow gc`
+    and the UI's delete are for."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        fail_run(MlflowClient(os.environ.get("MLFLOW_TRACKING_URI")), run_id, f"bad input: {reason}")
+    except Exception as exc:  # noqa: BLE001 (the store itself may be what is wrong; the error says so)
+        print(f"note: could not end the run {run_id} that mlflow run created: {exc}", file=sys.stderr)

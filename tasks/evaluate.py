@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memopt.blocks import TokenizedData
 from memopt.evaluation import answer_accuracy, perplexity, validation_loss
+from memopt.vocabulary import Metric
 
 
 @task(name="evaluate")
@@ -27,10 +28,10 @@ def evaluate(
     tokenizer = AutoTokenizer.from_pretrained(Path(model_dir))
     data = TokenizedData(Path(data_dir))
     loss = validation_loss(model, data.blocks("validation"), batch_size)
-    metrics = {"final_val_loss": loss, "perplexity": perplexity(loss)}
+    metrics = {Metric.FINAL_VAL_LOSS: loss, Metric.PERPLEXITY: perplexity(loss)}
     accuracy = answer_accuracy(model, tokenizer, data.eval_problems(accuracy_problems))
     if accuracy is not None:
-        metrics["answer_accuracy"] = accuracy
+        metrics[Metric.ANSWER_ACCURACY] = accuracy
     client = MlflowClient(tracking_uri)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value, step=step)

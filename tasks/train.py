@@ -14,8 +14,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 from prefect import task
 
+from memopt.config import TrainConfig
 from memopt.distributed import launch_command
-from memopt.train import EXIT_NONFINITE, FAILURE_TAG, TrainConfig
+from memopt.train import EXIT_NONFINITE
+from memopt.vocabulary import Tag
 
 
 class TrainingFailed(RuntimeError):
@@ -27,7 +29,7 @@ class TrainingFailed(RuntimeError):
 
 def failure_reason(returncode: int, tracking_uri: str, run_id: str) -> str:
     """What the process said about its failure, or how it died when it could say nothing."""
-    tag = MlflowClient(tracking_uri).get_run(run_id).data.tags.get(FAILURE_TAG)
+    tag = MlflowClient(tracking_uri).get_run(run_id).data.tags.get(Tag.FAILURE_REASON)
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
@@ -48,7 +50,8 @@ def train(cfg: TrainConfig) -> str:
     config_path = out / "train_config.json"
     cfg.to_json(config_path)
     # plain Python, or torchrun when several processes train (memopt/distributed.py)
-    proc = subprocess.run(launch_command(str(config_path), cfg.nproc_per_node, cfg.nnodes, cfg.rdzv_endpoint, cfg.run_id))
+    opts = cfg.training
+    proc = subprocess.run(launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id))
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
         # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.compare import ComparisonIncomplete, compare_optimizers, main
+from memopt.config import CompareConfig
 from memopt.report import LOSS_PLOT, MEMORY_PLOT, TABLE
 from memopt.tracking import child_runs
 
@@ -23,9 +24,9 @@ def finished_comparison(prefect_server, tmp_path_factory):
     """One small comparison of every pipeline method the flow's default runs, shared by the assertions below."""
     tmp = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    statuses = compare_optimizers(
+    statuses = compare_optimizers(CompareConfig(
         methods=["adamw", "galore", "blockllm"], max_steps=6, output_dir=str(tmp / "results"), tracking_uri=uri, **MICRO
-    )
+    ))
     return statuses, MlflowClient(uri), tmp
 
 
@@ -76,10 +77,10 @@ def test_report_lists_every_method_and_is_logged_to_the_parent(finished_comparis
 def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(ComparisonIncomplete, match="galore"):
-        compare_optimizers(
+        compare_optimizers(CompareConfig(
             methods=["adamw", "galore"], max_steps=4, output_dir=str(tmp_path / "results"), tracking_uri=uri,
             method_args={"galore": {"lr": 1e6}}, retries=0, **MICRO,
-        )
+        ))
     client = MlflowClient(uri)
     [parent] = parent_runs(client)
     children = child_runs(client, parent.info.run_id)
@@ -97,7 +98,7 @@ def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path
         (["--methods", "adamw,adamw"], "more than once"),
         (["--methods", ""], "--methods: empty"),
         (["--batch_size", "0"], "--batch_size: got 0"),
-        (["--lr", "-1"], "--lr: got -1.0"),
+        (["--lr", "-1"], "--lr: got -1; must be a number > 0"),
         (["--sparsity", "1.5"], "--sparsity: got 1.5"),
         (["--rank", "0"], "--rank: got 0"),
         (["--model_name", "llama-micro", "--rank", "999"], "rank"),

@@ -31,10 +31,10 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from flows.compare import PREFECT_FLOW_RUN_TAG, RESUMED_PARENT_TAG
 from memopt import checkpoint
 from memopt.report import TABLE
-from memopt.tracking import METHOD_TAG, PARENT_TAG, child_runs
+from memopt.tracking import child_runs
+from memopt.vocabulary import Tag
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -106,11 +106,11 @@ def latest_step(ckpt_dir: Path) -> int:
 
 def children_by_method(client: MlflowClient, parent: str) -> dict[str, list]:
     """Every child run of `parent` (not only the newest per method), to catch a second run for a method."""
-    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'",
+    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{Tag.PARENT}` = '{parent}'",
                               run_view_type=ViewType.ALL)
     found: dict[str, list] = {}
     for run in runs:
-        found.setdefault(run.data.tags[METHOD_TAG], []).append(run)
+        found.setdefault(run.data.tags[Tag.METHOD], []).append(run)
     return found
 
 
@@ -203,7 +203,7 @@ def test_mlflow_run_resume_finishes_through_its_own_pointer_run(resumed, cli_env
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [pointer] = client.search_runs(["0", client.get_run(parent).info.experiment_id],
-                                   f"tags.`{RESUMED_PARENT_TAG}` = '{parent}'")
+                                   f"tags.`{Tag.RESUMED_PARENT}` = '{parent}'")
     assert pointer.info.run_id != parent and pointer.info.status == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
     after = children_by_method(client, parent)
@@ -241,7 +241,7 @@ def two_at_once(cli_env, tmp_path_factory):
         kill_group(b)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("memopt").experiment_id
-    parents = client.search_runs([experiment], f"tags.`{PARENT_TAG}` IS NULL", run_view_type=ViewType.ALL)
+    parents = client.search_runs([experiment], f"tags.`{Tag.PARENT}` IS NULL", run_view_type=ViewType.ALL)
     by_methods = {",".join(sorted(child_runs(client, p.info.run_id))): p.info.run_id for p in parents}
     return SimpleNamespace(tmp=tmp, uri=uri, out=out, client=client, rc_a=rc_a, rc_b=rc_b, log_a=log_a, log_b=log_b,
                            kills=kills, parents=parents, a=by_methods.get("adamw,blockllm,galore"),
@@ -294,7 +294,7 @@ def test_an_exception_in_training_fails_its_method_alone_after_its_retry(two_at_
     [adamw] = children_by_method(client, t.a)["adamw"]
     assert adamw.info.status == "FAILED"
     assert adamw.data.tags["memopt.failure_reason"].startswith("ValueError: too many values to unpack")
-    flow_run_id = uuid.UUID(client.get_run(t.a).data.tags[PREFECT_FLOW_RUN_TAG])
+    flow_run_id = uuid.UUID(client.get_run(t.a).data.tags[Tag.PREFECT_FLOW_RUN])
     with get_client(sync_client=True) as prefect:
         task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)  # the server needs both

@@ -12,10 +12,11 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from memopt.blocks import TokenizedData, tokenize_dataset
+from memopt.config import CompareConfig, TrainConfig
 from memopt.data import DEFAULT_DATASET
 from memopt.models import build_model
 from memopt.tracking import child_run, open_parent_run
-from memopt.train import TrainConfig, train
+from memopt.train import train
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,12 @@ def test_accumulation_equals_the_whole_batch_at_once(data_dir, tmp_path):
     whole_loss = client.get_metric_history(whole.run_id, "train_loss")
     accumulated_loss = client.get_metric_history(accumulated.run_id, "train_loss")
     assert [m.value for m in accumulated_loss] == pytest.approx([m.value for m in whole_loss], rel=1e-5)
+    # The report's Tokens/s counts the global batch (8 sequences a step), not the per-process batch_size (2).
+    from memopt.report import method_result
+
+    step_times = [m.value for m in client.get_metric_history(accumulated.run_id, "step_time_s")]
+    tokens_per_s = method_result(client, client.get_run(accumulated.run_id)).tokens_per_s
+    assert tokens_per_s == pytest.approx(8 * 32 * len(step_times) / sum(step_times))
 
 
 def test_grad_clip_bounds_the_update(data_dir, tmp_path):
@@ -121,7 +128,10 @@ def test_save_total_limit_and_bf16_weights(data_dir, tmp_path):
         (["--warmup_steps", "-1"], "--warmup_steps: got -1"),
         (["--max_steps", "5", "--warmup_steps", "6"], "at most --max_steps 5"),
         (["--dtype", "fp16"], "--dtype: got 'fp16'; must be one of fp32, bf16"),
-        (["--grad_clip", "-1"], "--grad_clip: got -1.0"),
+        (["--grad_clip", "-1"], "--grad_clip: got -1; must be a number >= 0"),
+        (["--total_batch_size", "x"], "--total_batch_size: got 'x'; must be an integer"),
+        (["--warmup_steps", "few"], "--warmup_steps: got 'few'; must be an integer"),
+        (["--grad_clip", "big"], "--grad_clip: got 'big'; must be a number"),
         (["--grad_clip", "inf"], "--grad_clip: got inf"),
         (["--save_total_limit", "0"], "--save_total_limit: got 0"),
         (["--metric_for_best_model", "answer_accuracy"], "measured once, on the final model"),
@@ -140,19 +150,6 @@ def test_bad_training_options_are_one_clear_error_and_nothing_starts(args, messa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
-
-
-def test_the_mlproject_passes_every_flow_option():
-    """Each option of the flow's command line is an MLproject parameter, handed to the same flag."""
-    import yaml
-
-    from flows.compare import parse_args
-
-    entry = yaml.safe_load(Path("MLproject").read_text())["entry_points"]["main"]
-    flags = set(vars(parse_args([])))
-    assert flags <= set(entry["parameters"]), flags - set(entry["parameters"])
-    for name in flags:
-        assert f"--{name} '{{{name}}}'" in entry["command"], name
 
 
 # --- 2. presets ----------------------------------------------------------------------------------
@@ -292,11 +289,11 @@ def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, 
     from memopt.tracking import child_runs
 
     url, artifacts = mlflow_server
-    statuses = compare_optimizers(
+    statuses = compare_optimizers(CompareConfig(
         methods=["adamw"], model_name="llama-micro", batch_size=2, total_batch_size=4, seq_len=32, max_steps=3,
         eval_every=1, checkpoint_every=3, metric_for_best_model="val_loss", output_dir=str(tmp_path / "results"),
         tracking_uri=url,
-    )
+    ))
     assert statuses == {"adamw": "FINISHED"}
     client = MlflowClient(url)
     [parent] = client.search_runs([client.get_experiment_by_name("memopt").experiment_id],
@@ -336,8 +333,9 @@ def test_a_worker_runs_the_deployed_flow_from_its_pool(prefect_server, tmp_path)
 
     assert run_coro_as_sync(read_pool()).concurrency_limit == 1
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    parameters = {"methods": ["adamw"], "model_name": "llama-micro", "batch_size": 2, "seq_len": 32, "max_steps": 2,
-                  "eval_every": 2, "checkpoint_every": 2, "output_dir": str(tmp_path / "results"), "tracking_uri": uri}
+    config = {"methods": ["adamw"], "model_name": "llama-micro", "seq_len": 32, "output_dir": str(tmp_path / "results"),
+              "tracking_uri": uri, "training": {"batch_size": 2, "max_steps": 2, "eval_every": 2, "checkpoint_every": 2}}
+    parameters = {"config": config}
     flow_run = run_deployment("compare-optimizers/compare-test", parameters=parameters, timeout=0)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}

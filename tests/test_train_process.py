@@ -17,7 +17,7 @@ from memopt import checkpoint
 from memopt.blocks import tokenize_dataset
 from memopt.data import DEFAULT_DATASET
 from memopt.tracking import child_run, open_parent_run
-from memopt.train import TrainConfig
+from memopt.config import TrainConfig
 
 STEPS = 12
 

@@ -1,0 +1,63 @@
+"""The tracking vocabulary: the MLflow experiment, tag, param and metric names that the training process,
+the flow, the tasks, the report and the tests share. Each name is written here once. They are `StrEnum`s,
+so a member is the plain string wherever MLflow takes one."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+EXPERIMENT = "memopt"  # every comparison's parent and child runs
+CONFIG_PARAM = "config_json"  # the parent's whole configuration, read back by --resume
+
+
+class Tag(StrEnum):
+    PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests children under the parent
+    METHOD = "memopt.method"
+    FAILURE_REASON = "memopt.failure_reason"
+    RESUMED_FROM_STEP = "memopt.resumed_from_step"
+    RESUMED_PARENT = "memopt.resumed_parent"  # on the run `mlflow run -P resume=ID` makes: the parent it finishes
+    FAILED_METHODS = "memopt.failed_methods"
+    PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
+    RANKS_IN_SYNC = "memopt.ranks_in_sync"
+
+    @staticmethod
+    def param_digest(rank: int) -> str:
+        return f"memopt.param_digest.rank{rank}"
+
+
+class Metric(StrEnum):
+    # every step
+    TRAIN_LOSS = "train_loss"
+    LR = "lr"
+    GRAD_NORM = "grad_norm"
+    STEP_TIME_S = "step_time_s"
+    TOKENS_PER_S = "tokens_per_s"
+    EPOCH = "epoch"
+    # every evaluation while training
+    VAL_LOSS = "val_loss"
+    VAL_PERPLEXITY = "val_perplexity"
+    # the memory sampler (memopt/monitor.py), and once at the end
+    MEMORY_RSS_MB = "memory_rss_mb"
+    PEAK_RSS_MB = "peak_rss_mb"
+    RSS_AT_START_MB = "rss_at_start_mb"
+    CUDA_PEAK_ALLOCATED_MB = "cuda_peak_allocated_mb"
+    OPTIMIZER_STATE_BYTES = "optimizer_state_bytes"
+    EXPECTED_STATE_BYTES = "expected_state_bytes"
+    TRAINABLE_PARAMS = "trainable_params"
+    BEST_STEP = "best_step"
+    # the evaluate task, on the final model
+    FINAL_VAL_LOSS = "final_val_loss"
+    PERPLEXITY = "perplexity"
+    ANSWER_ACCURACY = "answer_accuracy"
+
+    @staticmethod
+    def peak_rss_mb_rank(rank: int) -> str:
+        return f"peak_rss_mb_rank{rank}"
+
+
+class Param(StrEnum):
+    """Params of a child run that the flow and the report read back."""
+
+    TOTAL_STEPS = "total_steps"
+    GLOBAL_BATCH_SIZE = "global_batch_size"
+    SEQ_LEN = "seq_len"
+    STEPS_PER_EPOCH = "steps_per_epoch"
