@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 METHODS ?= adamw,galore,blockllm
+# The MLflow experiment: mlflow run makes its run there (not in "Default"), and the comparison logs there.
+EXPERIMENT ?= memopt
 ARGS ?=
 
 .PHONY: setup run test clean
@@ -19,7 +21,8 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" mlflow run . --env-manager local -P methods=$(METHODS) $(ARGS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" mlflow run . --env-manager local --experiment-name $(EXPERIMENT) \
+		-P experiment=$(EXPERIMENT) -P methods=$(METHODS) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

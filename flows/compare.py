@@ -15,16 +15,21 @@ import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.runtime import flow_run
+from prefect.utilities.urls import url_for
 
 from memopt import preflight
+from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
 from memopt.config import CompareConfig, ConfigError, TrainConfig
+from memopt.links import mlflow_ui, run_url
 from memopt.models import is_preset
-from memopt.tracking import child_run, close_comparison, ensure_store, fail_mlflow_run, fail_run, open_comparison
+from memopt.report import log_run_plots
+from memopt.tracking import (child_run, close_comparison, ensure_store, fail_mlflow_run, fail_run, log_method_summary,
+                             open_comparison)
 from memopt.vocabulary import CONFIG_PARAM, Param
-from tasks.data import tokenize
+from tasks.data import log_dataset_inputs, tokenize
 from tasks.evaluate import evaluate
 from tasks.report import compare
 from tasks.train import train
@@ -39,15 +44,20 @@ def compare_optimizers(config: CompareConfig = CompareConfig()) -> dict[str, str
     """Train every method of `config` on the same model and data, evaluate each, and write the report.
 
     Returns each method's final status; raises ComparisonIncomplete if any method failed. Under `mlflow run`
-    the run MLflow made (MLFLOW_RUN_ID) is the comparison's parent run.
+    the run MLflow made (MLFLOW_RUN_ID) is the comparison's parent run when it is in the comparison's experiment.
     """
     log = get_run_logger()
     preflight.check(config)
     uri = config.resolved_tracking_uri()
     ensure_store(uri)
     client = MlflowClient(uri)
+    tag_flow_run(config)
     mlflow_run_id = os.environ.get("MLFLOW_RUN_ID")
-    parent = open_comparison(client, config, mlflow_run_id, flow_run.id)
+    # a link only to a server that outlives the flow run: the temporary one is gone when the flow ends
+    parent = open_comparison(client, config, mlflow_run_id, (flow_run.id, url_for("flow-run", obj_id=flow_run.id) or ""))
+    ui = mlflow_ui(uri, config.mlflow_ui_url)
+    parent_url = run_url(ui, client.get_run(parent).info.experiment_id, parent)
+    log.info("MLflow parent run %r: %s", config.run_name(), parent_url)
     output = Path(config.output_dir)
     data_dir = tokenize(
         config.dataset,
@@ -58,8 +68,8 @@ def compare_optimizers(config: CompareConfig = CompareConfig()) -> dict[str, str
         parent_run_id=parent,
         tracking_uri=uri,
     )
-    statuses = {method: train_and_evaluate(client, config, parent, method, data_dir) for method in config.methods}
-    report = compare(uri, parent, str(output))
+    statuses = {method: train_and_evaluate(client, config, parent, method, data_dir, ui) for method in config.methods}
+    report = compare(uri, parent, str(output), parent_url)
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     close_comparison(client, parent, failed, end_parent=parent != mlflow_run_id)
@@ -68,17 +78,31 @@ def compare_optimizers(config: CompareConfig = CompareConfig()) -> dict[str, str
     return statuses
 
 
-def train_and_evaluate(client: MlflowClient, config: CompareConfig, parent: str, method: str, data_dir: str) -> str:
-    """One method in its child run (a finished one is skipped, an unfinished one continued); its final status."""
+def flow_run_tags(config: CompareConfig) -> list[str]:
+    """What the Prefect UI can filter flow runs by: the methods and the model."""
+    return [*(f"method:{m}" for m in config.methods), f"model:{Path(config.model_name).name}"]
+
+
+def tag_flow_run(config: CompareConfig) -> None:
+    with get_client(sync_client=True) as prefect:
+        prefect.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, *flow_run_tags(config)}))
+
+
+def train_and_evaluate(client: MlflowClient, config: CompareConfig, parent: str, method: str, data_dir: str,
+                       ui: str) -> str:
+    """One method in its child run (a finished one is skipped, an unfinished one continued); its final status.
+    `ui`: the MLflow UI's address, for the links in the log."""
     log = get_run_logger()
     run = child_run(client, parent, method)
     run_id = run.info.run_id
+    url = run_url(ui, run.info.experiment_id, run_id)
     if run.info.status == "FINISHED":
-        log.info("%s: already finished in run %s; skipped", method, run_id)
+        log.info("%s: already finished in run %s; skipped", method, url)
         return "FINISHED"
     if run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")
     uri = config.resolved_tracking_uri()
+    log_dataset_inputs(TokenizedData(Path(data_dir)), run_id, uri)  # the data each child trained on, in its own run
     train_cfg = TrainConfig(
         method=method,
         model_name=config.model_name,
@@ -89,16 +113,20 @@ def train_and_evaluate(client: MlflowClient, config: CompareConfig, parent: str,
         method_args=config.method_hyperparameters(method),
         training=config.training,
     )
-    state = train.with_options(retries=config.retries, task_run_name=f"train-{method}")(train_cfg, return_state=True)
+    tags = [f"method:{method}"]
+    state = train.with_options(retries=config.retries, task_run_name=f"train-{method}", tags=tags)(
+        train_cfg, url, return_state=True)
     if state.is_failed():
         reason = str(state.result(raise_on_failure=False))
         fail_run(client, run_id, reason)
         log.error("%s: FAILED: %s", method, reason)
         return "FAILED"
     steps = int(client.get_run(run_id).data.params[Param.TOTAL_STEPS])
-    evaluate.with_options(task_run_name=f"evaluate-{method}")(
+    evaluate.with_options(task_run_name=f"evaluate-{method}", tags=tags)(
         state.result(), data_dir, run_id, uri, config.training.batch_size, steps
     )
+    log_run_plots(uri, run_id, Path(train_cfg.output_dir) / "plots")
+    log_method_summary(client, parent, method, run_id)
     client.set_terminated(run_id, "FINISHED")
     return "FINISHED"
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -106,12 +107,16 @@ class TokenizedData:
         import mlflow.data  # here, so that the data layer imports without MLflow
 
         meta = self.meta
-        return mlflow.data.from_numpy(
-            np.load(self.root / f"{split}.npy", mmap_mode="r"),
-            source=str(self.root.resolve()),
-            name=f"{meta['dataset']} ({split}, seq_len={meta['seq_len']}, vocab={meta['vocab_size']})",
-            digest=meta["digests"][split],
-        )
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (for the schemes "" and "file") and warns that a path
+            # "can be interpreted in multiple ways"; both give the same source.
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            return mlflow.data.from_numpy(
+                np.load(self.root / f"{split}.npy", mmap_mode="r"),
+                source=str(self.root.resolve()),
+                name=f"{meta['dataset']} ({split}, seq_len={meta['seq_len']}, vocab={meta['vocab_size']})",
+                digest=meta["digests"][split],
+            )
 
 
 def is_complete(out_dir: Path) -> bool:

@@ -39,6 +39,7 @@ from memopt.distributed import check_launch_options
 from memopt.methods import pipeline_methods, recipe
 from memopt.models import PRESETS, is_preset
 from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
+from memopt.vocabulary import EXPERIMENT
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
 
@@ -132,6 +133,8 @@ class TrainingOptions(Section):
     eval_every: int = Field(50, ge=1, description="steps between validation losses")
     eval_batches: int = Field(8, ge=1, description="validation batches per evaluation while training "
                               "(the final evaluation reads the whole split)")
+    progress_every: int = Field(10, ge=1, description="steps between progress lines (train loss, tokens/s, time left) "
+                                "in the log and the Prefect progress artifact")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
     save_total_limit: int = Field(1, ge=1, description="checkpoints kept per method")
     metric_for_best_model: str = Field(
@@ -214,6 +217,10 @@ class CompareConfig(WithTraining):
     output_dir: str = Field("./results", description="report, checkpoints, models and the token cache")
     tracking_uri: str = Field("", description="an MLflow store: sqlite:///PATH.db or a tracking server http(s)://HOST:PORT "
                               "(unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    experiment: str = Field(EXPERIMENT, min_length=1, description="the MLflow experiment of the comparison's runs "
+                            "(make run passes it to mlflow run as well)")
+    mlflow_ui_url: str = Field("", description="the MLflow UI that links in logs and artifacts point to (unset: the "
+                               "tracking server itself, else http://127.0.0.1:5000, where `mlflow ui` serves a local store)")
     rank: int | None = Field(None, ge=1, description="rank of every low-rank method (unset: hidden size / 4, at most "
                              "the method's own, 128 for the 512-wide llama-60m: the authors' ratio)")
     sparsity: float | None = Field(None, ge=0, lt=1, description="every method with a sparsity, BlockLLM's share of "
@@ -237,6 +244,13 @@ class CompareConfig(WithTraining):
             raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
         return methods
 
+    @field_validator("mlflow_ui_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"got {value!r}; must be empty or an http(s):// address")
+        return value.rstrip("/")
+
     @model_validator(mode="after")
     def _method_args_name_methods(self) -> "CompareConfig":
         unknown = sorted(set(self.method_args) - set(self.methods))
@@ -252,9 +266,14 @@ class CompareConfig(WithTraining):
         return self.model_dump_json(exclude={"resume", "tracking_uri"})
 
     def as_params(self) -> dict[str, str]:
-        """One MLflow param per parameter (the training options under their own names)."""
+        """One MLflow param per parameter given a value (the training options under their own names). One left
+        unset is left out: what each method used instead is a param of its child run (`lr`, `warmup_steps`, ...)."""
         values = {**self.model_dump(exclude={"resume", "tracking_uri", "training"}), **self.training.model_dump()}
-        return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items()}
+        return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items() if v not in (None, "", {})}
+
+    def run_name(self) -> str:
+        """The parent run's name: what is compared, on which model."""
+        return f"{', '.join(self.methods)} on {Path(self.model_name).name}"
 
     def hidden_size(self) -> int | None:
         return PRESETS[self.model_name].hidden_size if is_preset(self.model_name) else None

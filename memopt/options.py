@@ -29,7 +29,7 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BEST_METRICS = {"val_loss": False, "val_perplexity": False}  # name -> greater is better
-NOT_DURING_TRAINING = {"answer_accuracy", "final_val_loss", "perplexity"}
+NOT_DURING_TRAINING = {"answer_accuracy", "final_val_loss", "final_val_perplexity"}
 
 
 def warmup(warmup_steps: int | None, warmup_ratio: float, steps: int) -> int:

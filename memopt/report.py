@@ -60,7 +60,7 @@ def method_result(client: MlflowClient, run: Run) -> MethodResult:
     r.peak_rss_mb = metrics.get(Metric.PEAK_RSS_MB)
     if r.peak_rss_mb is not None and Metric.RSS_AT_START_MB in metrics:
         r.training_mb = r.peak_rss_mb - metrics[Metric.RSS_AT_START_MB]
-    r.perplexity = metrics.get(Metric.PERPLEXITY)
+    r.perplexity = metrics.get(Metric.FINAL_VAL_PERPLEXITY)
     r.accuracy = metrics.get(Metric.ANSWER_ACCURACY)
     if Metric.OPTIMIZER_STATE_BYTES in metrics:
         r.state_mb = metrics[Metric.OPTIMIZER_STATE_BYTES] / MIB
@@ -133,3 +133,15 @@ def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> tuple[
     _plot_losses(client, runs, out_dir / LOSS_PLOT)
     _plot_memory(client, runs, out_dir / MEMORY_PLOT)
     return table, results
+
+
+def log_run_plots(tracking_uri: str, run_id: str, out_dir: Path) -> None:
+    """One method's own loss and memory plots, into `out_dir` and its run's artifacts (plots/): the MLflow
+    compare page sets the children's plots side by side."""
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    runs = {run.data.tags[Tag.METHOD]: run}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot_losses(client, runs, out_dir / LOSS_PLOT)
+    _plot_memory(client, runs, out_dir / MEMORY_PLOT)
+    client.log_artifacts(run_id, str(out_dir), "plots")

@@ -9,6 +9,7 @@ metrics appear exactly once however often the process was killed.
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
 import sys
 import threading
@@ -18,11 +19,15 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, SourceType
 from mlflow.exceptions import MlflowException
+from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME,
+                                      MLFLOW_SOURCE_TYPE, MLFLOW_USER)
 
 from memopt.config import CompareConfig
-from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, Tag
+from memopt.links import mlflow_ui, run_url
+from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, SUMMARY_METRICS, Tag, summary_metric
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAM_LENGTH = 6000
@@ -107,39 +112,74 @@ def ensure_store(tracking_uri: str) -> None:
 
 # --- Runs of a comparison: one parent, one child per method -------------------------------------
 
-def open_parent_run(client: MlflowClient, run_id: str | None, run_name: str | None = None) -> str:
-    """The parent run: `run_id` when given (mlflow run's MLFLOW_RUN_ID, or --resume), else a new one."""
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINT = ROOT / "flows" / "compare.py"
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:  # another comparison created it since we looked
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (user, entry point, git commit) for the runs memopt creates. `mlflow.start_run`
+    derives them from sys.argv[0], which under a Prefect worker or `serve` is Prefect's engine, not this project."""
+    entry = str(ENTRY_POINT)
+    tags = {MLFLOW_USER: getpass.getuser(), MLFLOW_SOURCE_NAME: entry, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+    for key, value in ((MLFLOW_GIT_COMMIT, get_git_commit(entry)), (MLFLOW_GIT_BRANCH, get_git_branch(entry)),
+                       (MLFLOW_GIT_REPO_URL, get_git_repo_url(entry))):
+        if value:
+            tags[key] = value
+    return tags
+
+
+def open_parent_run(client: MlflowClient, run_id: str | None, run_name: str | None = None,
+                    experiment: str = EXPERIMENT) -> str:
+    """The parent run: `run_id` when given (--resume), else a new one in `experiment`, source-tagged."""
     if run_id:
         client.get_run(run_id)  # raises if it does not exist
         return run_id
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        try:
-            experiment_id = client.create_experiment(EXPERIMENT)
-        except MlflowException as exc:  # another comparison created it since we looked
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    return client.create_run(experiment_id, run_name=run_name).info.run_id
+    return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=source_tags()).info.run_id
 
 
 def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str | None,
-                    prefect_flow_run_id: str | None) -> str:
-    """The comparison's parent run, with its params: the one `--resume` names, else the run `mlflow run`
-    made (`mlflow_run_id`), else a new one. Returns its id."""
-    parent = open_parent_run(client, cfg.resume or mlflow_run_id, run_name="compare")
-    if cfg.resume and mlflow_run_id and mlflow_run_id != parent:
-        # `mlflow run -P resume=ID` made a run of its own before our code ran: it stays a pointer to the
-        # comparison it finishes, and `mlflow run` ends it from our exit code.
-        client.set_tag(mlflow_run_id, Tag.RESUMED_PARENT, parent)
+                    prefect_flow_run: tuple[str, str] | None = None) -> str:
+    """The comparison's parent run, named after the comparison, with its params: the one `--resume` names, else
+    the run `mlflow run` made (`mlflow_run_id`) when it is in the comparison's experiment, else a new one there.
+    A run `mlflow run` made that is not the parent (a resume; another experiment, such as "Default" when no
+    --experiment-name was given) only points at the parent, and `mlflow run` ends it from our exit code.
+    `prefect_flow_run` is (id, UI address or ""). Returns the parent's id."""
+    adopt = mlflow_run_id and not cfg.resume and (
+        client.get_run(mlflow_run_id).info.experiment_id == experiment_id(client, cfg.experiment))
+    parent = open_parent_run(client, cfg.resume or (mlflow_run_id if adopt else None), cfg.run_name(), cfg.experiment)
     client.log_batch(parent, params=[])  # fail early if the parent is not writable
-    if prefect_flow_run_id:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
-        client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run_id)
-    existing = client.get_run(parent).data.params
+    ui = mlflow_ui(cfg.resolved_tracking_uri(), cfg.mlflow_ui_url)
+    run = client.get_run(parent)
+    if adopt:  # `mlflow run` made it: its own source tags (the project, its commit) stay
+        client.update_run(parent, name=cfg.run_name())
+        client.log_batch(parent, tags=[RunTag(k, v) for k, v in source_tags().items() if k not in run.data.tags])
+    url = run_url(ui, run.info.experiment_id, parent)
+    if mlflow_run_id and mlflow_run_id != parent:
+        client.set_tag(mlflow_run_id, Tag.COMPARISON_PARENT, parent)
+        client.set_tag(mlflow_run_id, Tag.DESCRIPTION, f"Points at the comparison [{run.info.run_name}]({url}) "
+                       f"(experiment {cfg.experiment!r}), which this `mlflow run` finished.")
+    description = f"Comparison of {', '.join(cfg.methods)} on `{cfg.model_name}`: one child run per method, the report " \
+                  f"in this run's artifacts (report/)."
+    if prefect_flow_run:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
+        client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run[0])
+        if prefect_flow_run[1]:
+            description += f" Prefect flow run: [{prefect_flow_run[0]}]({prefect_flow_run[1]})."
+    client.set_tag(parent, Tag.DESCRIPTION, description)
     params = {**cfg.as_params(), CONFIG_PARAM: cfg.to_json()}
-    fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+    fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in run.data.params]
     for i in range(0, len(fresh), 100):
         client.log_batch(parent, params=fresh[i : i + 100])
     return parent
@@ -163,9 +203,19 @@ def child_run(client: MlflowClient, parent_run_id: str, method: str) -> "mlflow.
     if existing is not None:
         return existing
     parent = client.get_run(parent_run_id)
+    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
     return client.create_run(
-        parent.info.experiment_id, run_name=method, tags={Tag.PARENT: parent_run_id, Tag.METHOD: method}
+        parent.info.experiment_id, run_name=method, tags={**inherited, Tag.PARENT: parent_run_id, Tag.METHOD: method}
     )
+
+
+def log_method_summary(client: MlflowClient, parent_run_id: str, method: str, run_id: str) -> None:
+    """The method's SUMMARY_METRICS on the parent run as `METHOD.KEY` (once: a resume leaves them be)."""
+    metrics, logged = client.get_run(run_id).data.metrics, client.get_run(parent_run_id).data.metrics
+    now = int(time.time() * 1000)
+    summary = [Metric(summary_metric(method, key), metrics[key], now, 0) for key in SUMMARY_METRICS
+               if key in metrics and summary_metric(method, key) not in logged]
+    client.log_batch(parent_run_id, metrics=summary)
 
 
 def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:

@@ -42,8 +42,18 @@ def _system_monitor(cfg: TrainConfig):
     active run needed (MLflow's active run is per thread)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    return SystemMetricsMonitor(cfg.run_id, sampling_interval=cfg.training.system_metrics_interval_s,
-                                resume_logging=True, tracking_uri=cfg.tracking_uri)
+    class SystemMonitor(SystemMetricsMonitor):
+        """MLflow's monitor, which also records the interval in progress when it stops: MLflow's own drops it,
+        so a run shorter than one interval would have no sample at all."""
+
+        def finish(self) -> None:
+            super().finish()  # the sampling thread has stopped; what it published is written
+            self.collect_metrics()
+            self.publish_metrics(self.aggregate_metrics())  # the samples since the last publication, and this one
+            self.mlflow_logger.flush()
+
+    return SystemMonitor(cfg.run_id, sampling_interval=cfg.training.system_metrics_interval_s,
+                         resume_logging=True, tracking_uri=cfg.tracking_uri)
 
 
 def train(cfg: TrainConfig) -> None:
@@ -89,6 +99,11 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     die_with_parent()
+    # transformers draws a bar for every model it writes (each best and final export): noise in a log. The
+    # progress lines (memopt/progress.py) say how training goes.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     if len(args) != 1:
         print("usage: python -m memopt.train CONFIG.json", file=sys.stderr)
         return 2

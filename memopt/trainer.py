@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from memopt import checkpoint, distributed, optim
@@ -33,6 +31,7 @@ from memopt.models import build_model
 from memopt.monitor import MIB, MemorySampler, peak_rss_bytes
 from memopt.optim.reparam import merged_state_dict
 from memopt.options import DTYPES, BestTracker, clip_, warmup
+from memopt.progress import ProgressReporter
 from memopt.vocabulary import Metric, Tag
 
 
@@ -143,10 +142,15 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------
     def log_params(self) -> None:
+        """The values this run used: an option left unset is logged as what it resolved to (`lr`, the
+        method's own; `warmup_steps`, from warmup_ratio), or not at all when nothing stands in for it."""
+        hp = optim.hyperparameters(self.recipe.optimizer, **self.hp)
+        options = {**self.opts.model_dump(), "lr": hp.pop("lr", self.opts.lr),
+                   "warmup_steps": warmup(self.opts.warmup_steps, self.opts.warmup_ratio, self.steps)}
         self.log.params({
             **self.cfg.model_dump(exclude={"run_id", "tracking_uri", "method_args", "training"}),
-            **self.opts.model_dump(),
-            **{f"hp.{k}": v for k, v in optim.hyperparameters(self.recipe.optimizer, **self.hp).items()},
+            **{k: v for k, v in options.items() if v not in (None, "")},
+            **{f"hp.{k}": v for k, v in hp.items()},
             "optimizer": self.recipe.optimizer,
             "mixed_precision": self.recipe.mixed_precision,
             "gradient_checkpointing": self.recipe.gradient_checkpointing,
@@ -167,17 +171,20 @@ class Trainer:
             first = self.step + 1  # the state's size is logged at the first step this process runs, a resume's too
             if self.step == 0:
                 self.evaluate()
-            bar = tqdm(range(self.step, self.steps), desc=self.cfg.method, initial=self.step, total=self.steps,
-                       file=sys.stderr, disable=not self.world.is_main)
-            for _ in bar:
-                bar.set_postfix(loss=f"{self.train_step():.3f}")
+            progress = ProgressReporter(self.steps, self.step, self.opts.progress_every,
+                                        self.global_batch * self.train_blocks.shape[1])
+            while self.step < self.steps:
+                loss = self.train_step()
                 if self.step == first or self.step % self.opts.eval_every == 0 or self.step == self.steps:
                     self.log.metrics({
                         Metric.OPTIMIZER_STATE_BYTES: optimizer_state_bytes(self.optimizer),
                         Metric.TRAINABLE_PARAMS: sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                     }, self.step)
+                val_loss = None
                 if self.step % self.opts.eval_every == 0 or self.step == self.steps:
-                    self.evaluate()
+                    val_loss = self.evaluate()
+                if self.world.is_main:
+                    progress.update(self.step, loss, self.step_time_s, val_loss)
                 if self.step % self.opts.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
 
@@ -201,7 +208,7 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        step_time = time.perf_counter() - t0
+        step_time = self.step_time_s = time.perf_counter() - t0
         self.step += 1
         self.log.metrics({
             Metric.TRAIN_LOSS: loss.item(),
@@ -230,14 +237,16 @@ class Trainer:
                 loss_sum += loss.detach().float()
         return distributed.mean(loss_sum, world)  # every rank sees (and stops on) the same loss
 
-    def evaluate(self) -> None:
+    def evaluate(self) -> float | None:
+        """The validation loss on eval_batches batches (rank 0; None elsewhere), logged."""
         if not self.world.is_main:
-            return
+            return None
         loss = validation_loss(self.model, self.val_blocks, self.opts.batch_size, self.opts.eval_batches)
         values = {Metric.VAL_LOSS: loss, Metric.VAL_PERPLEXITY: perplexity(loss)}
         self.log.metrics(values, self.step)
         if self.step > 0 and self.best.improved(values, self.step):  # the untrained model never counts
             self.export(self.out / "best")
+        return loss
 
     # --- the end ----------------------------------------------------------------------------
     def finish(self) -> None:
@@ -252,7 +261,7 @@ class Trainer:
             Metric.PEAK_RSS_MB: peak_rss_bytes() / MIB,
             Metric.EXPECTED_STATE_BYTES: optim.expected_state_bytes(self.recipe.optimizer, self.model, **self.hp),
             **({Metric.CUDA_PEAK_ALLOCATED_MB: torch.cuda.max_memory_allocated() / MIB} if cuda else {}),
-            **({Metric.BEST_STEP: self.best.step, f"best_{self.best.metric}": self.best.value} if self.best.step is not None else {}),
+            **({Metric.BEST_STEP: self.best.step} if self.best.step is not None else {}),  # its value: val_* at that step
         }, self.steps)
         if not self.world.is_main:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-EXPERIMENT = "memopt"  # every comparison's parent and child runs
+EXPERIMENT = "memopt"  # the default experiment of every comparison's runs (CompareConfig.experiment)
 CONFIG_PARAM = "config_json"  # the parent's whole configuration, read back by --resume
 
 
@@ -14,9 +14,12 @@ class Tag(StrEnum):
     METHOD = "memopt.method"
     FAILURE_REASON = "memopt.failure_reason"
     RESUMED_FROM_STEP = "memopt.resumed_from_step"
-    RESUMED_PARENT = "memopt.resumed_parent"  # on the run `mlflow run -P resume=ID` makes: the parent it finishes
+    # On a run `mlflow run` made that is not the comparison's parent (a resume, or a run in another experiment
+    # than the comparison's): the parent run it points at.
+    COMPARISON_PARENT = "memopt.comparison_parent"
     FAILED_METHODS = "memopt.failed_methods"
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
+    DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's Description (Markdown)
     RANKS_IN_SYNC = "memopt.ranks_in_sync"
 
     @staticmethod
@@ -44,14 +47,24 @@ class Metric(StrEnum):
     EXPECTED_STATE_BYTES = "expected_state_bytes"
     TRAINABLE_PARAMS = "trainable_params"
     BEST_STEP = "best_step"
-    # the evaluate task, on the final model
+    # the evaluate task, on the final model and the whole validation split (the val_* above read eval_batches)
     FINAL_VAL_LOSS = "final_val_loss"
-    PERPLEXITY = "perplexity"
+    FINAL_VAL_PERPLEXITY = "final_val_perplexity"
     ANSWER_ACCURACY = "answer_accuracy"
 
     @staticmethod
     def peak_rss_mb_rank(rank: int) -> str:
         return f"peak_rss_mb_rank{rank}"
+
+
+# A method's numbers that its parent run carries as `METHOD.KEY` (summary_metric) once the method has finished,
+# so that the chart view compares the methods of a comparison without expanding its children.
+SUMMARY_METRICS = (Metric.FINAL_VAL_LOSS, Metric.FINAL_VAL_PERPLEXITY, Metric.ANSWER_ACCURACY, Metric.TRAIN_LOSS,
+                   Metric.PEAK_RSS_MB, Metric.OPTIMIZER_STATE_BYTES)
+
+
+def summary_metric(method: str, key: str) -> str:
+    return f"{method}.{key}"
 
 
 class Param(StrEnum):

@@ -7,6 +7,7 @@ import torch
 from mlflow import MlflowClient
 from prefect import task
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from memopt.blocks import TokenizedData
 from memopt.evaluation import answer_accuracy, perplexity, validation_loss
@@ -24,11 +25,12 @@ def evaluate(
     accuracy_problems: int = 20,
 ) -> dict[str, float]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar, in every flow's log otherwise
     model = AutoModelForCausalLM.from_pretrained(Path(model_dir)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(Path(model_dir))
     data = TokenizedData(Path(data_dir))
     loss = validation_loss(model, data.blocks("validation"), batch_size)
-    metrics = {Metric.FINAL_VAL_LOSS: loss, Metric.PERPLEXITY: perplexity(loss)}
+    metrics = {Metric.FINAL_VAL_LOSS: loss, Metric.FINAL_VAL_PERPLEXITY: perplexity(loss)}
     accuracy = answer_accuracy(model, tokenizer, data.eval_problems(accuracy_problems))
     if accuracy is not None:
         metrics[Metric.ANSWER_ACCURACY] = accuracy

@@ -1,9 +1,13 @@
-"""The train task: run one method's training process and wait for it.
+"""The train task: run one method's training process and watch it.
 
 The process is `python -m memopt.train CONFIG.json` (memopt/train.py): its own
 OS process for a fair peak memory and an isolated crash. A Prefect retry runs
 it again; it resumes from its last checkpoint into the same child run. A NaN or
 inf loss is not retried: the same seed would give the same NaN.
+
+While it trains, each progress line it prints (memopt/progress.py) goes to the
+task's log and moves the method's Prefect progress artifact; its other output
+passes through.
 """
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ import subprocess
 from pathlib import Path
 
 from mlflow import MlflowClient
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from memopt.config import TrainConfig
 from memopt.distributed import launch_command
+from memopt.progress import describe, parse_line, percent
 from memopt.train import EXIT_NONFINITE
 from memopt.vocabulary import Tag
 
@@ -42,16 +48,41 @@ def _retry_unless_nonfinite(task, task_run, state) -> bool:
     return not (isinstance(exc, TrainingFailed) and not exc.retriable)
 
 
+def watch(proc: subprocess.Popen, method: str, run_url: str) -> None:
+    """Read the process's output to its end: progress lines to the log and the progress artifact, the rest
+    through. Nothing here may stop the reading: a process that writes into a closed pipe dies."""
+    log = get_run_logger()
+    link = f" ([MLflow run]({run_url}))" if run_url else ""
+    artifact = None
+    for line in proc.stdout:
+        values = parse_line(line)
+        if values is None:
+            print(line, end="", flush=True)
+            continue
+        log.info(describe(method, values))
+        try:
+            artifact = artifact or create_progress_artifact(
+                0.0, key=f"{method}-progress", description=f"{method}: the share of its training steps done{link}")
+            update_progress_artifact(artifact, percent(values))
+        except Exception as exc:  # noqa: BLE001 (the Prefect API: showing progress must not stop the training)
+            log.warning("%s: progress artifact not updated: %s", method, exc)
+
+
 @task(name="train", retries=1, retry_delay_seconds=0, retry_condition_fn=_retry_unless_nonfinite)
-def train(cfg: TrainConfig) -> str:
-    """Train one method; returns the folder of its final model."""
+def train(cfg: TrainConfig, run_url: str = "") -> str:
+    """Train one method; returns the folder of its final model. `run_url`: its child run in the MLflow UI."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
     cfg.to_json(config_path)
+    MlflowClient(cfg.tracking_uri).log_artifact(cfg.run_id, str(config_path))
+    if run_url:
+        get_run_logger().info("%s: MLflow run %s", cfg.method, run_url)
     # plain Python, or torchrun when several processes train (memopt/distributed.py)
     opts = cfg.training
-    proc = subprocess.run(launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id))
+    command = launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        watch(proc, cfg.method, run_url)
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
         # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart

@@ -54,7 +54,7 @@ def test_each_child_has_every_step_memory_samples_and_the_model(finished_compari
         assert len(samples) >= 2 and all(s.value > 0 for s in samples)
         assert run.data.metrics["peak_rss_mb"] >= max(s.value for s in samples) * 0.99
         assert run.data.metrics["optimizer_state_bytes"] > 0
-        assert {"final_val_loss", "perplexity", "answer_accuracy"} <= set(run.data.metrics)
+        assert {"final_val_loss", "final_val_perplexity", "answer_accuracy"} <= set(run.data.metrics)
         artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
         assert {"model.safetensors", "config.json", "tokenizer.json"} <= artifacts
         assert run.data.params["optimizer"] == method

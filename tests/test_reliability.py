@@ -187,7 +187,7 @@ def test_resume_skips_the_finished_method_and_finishes_the_other_in_its_own_run(
     for key in ("train_loss", "grad_norm", "lr"):
         assert sorted(history(client, blockllm.info.run_id, key)) == list(range(1, STEPS + 1)), key
     assert sorted(history(client, blockllm.info.run_id, "val_loss")) == [0, 3, 6, 9, 12]
-    assert {"final_val_loss", "perplexity"} <= set(blockllm.data.metrics)
+    assert {"final_val_loss", "final_val_perplexity"} <= set(blockllm.data.metrics)
     assert client.get_run(parent).info.status == "FINISHED"
     rows = report_rows((resumed.out / TABLE).read_text())
     assert sorted(rows) == ["adamw", "blockllm"] and all("FINISHED" in row for row in rows.values()), rows
@@ -203,7 +203,7 @@ def test_mlflow_run_resume_finishes_through_its_own_pointer_run(resumed, cli_env
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [pointer] = client.search_runs(["0", client.get_run(parent).info.experiment_id],
-                                   f"tags.`{Tag.RESUMED_PARENT}` = '{parent}'")
+                                   f"tags.`{Tag.COMPARISON_PARENT}` = '{parent}'")
     assert pointer.info.run_id != parent and pointer.info.status == "FINISHED"
     assert client.get_run(parent).info.status == "FINISHED"
     after = children_by_method(client, parent)
