@@ -7,8 +7,9 @@
 Exit codes: 0 every method finished; 1 at least one failed (the report lists
 it with its reason); 2 bad input (nothing was started).
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `Flow.serve` pickles the flow into the process that runs each
+# scheduled run, and there Prefect could not resolve the annotation "CompareConfig" of a string-annotated flow
+# ("`Compare_OptimizersModel` is not fully defined"): every scheduled run failed.
 import json
 import os
 import sys

@@ -2,7 +2,7 @@
 
     prefect server start --host 127.0.0.1                      # in one terminal
     python -m flows.serve --cron "0 2 * * *" --max_steps 200   # in another: runs nightly, shows in the UI
-    python -m flows.serve --interval_s 21600                   # or every 6 hours, the first run at once
+    python -m flows.serve --interval_s 21600                   # or every 6 hours from now
 
 Every parameter of `python -m flows.compare` is accepted and becomes the
 deployment's default (the UI's run form can still change each one). `serve`
@@ -29,7 +29,8 @@ class ServeOptions(CompareConfig):
     cron: str = Field("", description=f"when to run, in cron syntax and the server's time zone (unset, and no "
                       f"--interval_s: {NIGHTLY!r}, nightly)")
     interval_s: float | None = Field(None, gt=0, allow_inf_nan=False,
-                                     description="seconds between runs, the first at once (instead of --cron)")
+                                     description="seconds between runs, the first one interval from now (instead "
+                                     "of --cron)")
     name: str = Field("nightly-comparison", description="the deployment's name")
 
     @model_validator(mode="after")

@@ -74,6 +74,65 @@ def test_report_lists_every_method_and_is_logged_to_the_parent(finished_comparis
     assert inputs, "the tokenized dataset is logged as an input of the parent run"
 
 
+def test_the_mlflow_ui_shows_the_comparison_whole(finished_comparison):
+    """The parent: named after the comparison, in the memopt experiment, each method's numbers as METHOD.KEY, its
+    params the values given (nothing unset as None or ''), MLflow's own source tags. Each child: the values it used
+    (its lr, not None), its train_config.json, its own plots and its dataset, the same source tags."""
+    _, client, _ = finished_comparison
+    [parent] = parent_runs(client)
+    assert parent.info.run_name == "adamw, galore, blockllm on llama-micro"
+    children = child_runs(client, parent.info.run_id)
+    for method, run in children.items():
+        for key in ("final_val_loss", "final_val_perplexity", "answer_accuracy", "peak_rss_mb", "train_loss"):
+            assert parent.data.metrics[f"{method}.{key}"] == run.data.metrics[key], (method, key)
+        assert float(run.data.params["lr"]) == {"adamw": 1e-3, "galore": 1e-2, "blockllm": 1e-3}[method]
+        assert "hp.lr" not in run.data.params, "lr once"
+        assert run.data.params["warmup_steps"] == "0"  # 10% of 6 steps
+        assert {"train_config.json", "plots", "model"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} == {LOSS_PLOT, MEMORY_PLOT}
+        assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {i.dataset.digest for i in parent.inputs.dataset_inputs}
+        assert len(run.inputs.dataset_inputs) == 2  # train and validation, once each
+    for run in (parent, *children.values()):
+        values = {k: v for k, v in run.data.params.items()}
+        assert not [k for k, v in values.items() if v in ("", "None", "{}")], values
+        tags = run.data.tags
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"].endswith("flows/compare.py")
+        assert len(tags["mlflow.source.git.commit"]) == 40
+    assert "perplexity" not in children["adamw"].data.metrics and "best_val_loss" not in children["adamw"].data.metrics
+    assert "lr" not in parent.data.params and parent.data.params["experiment"] == "memopt"
+
+
+def test_the_prefect_ui_shows_progress_links_and_tags(finished_comparison):
+    """Stable task names; the flow run tagged with the methods and the model; each method's progress in the log and
+    in a progress artifact that reached 100%; every run's MLflow address in the log; the report links the parent."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    _, client, _ = finished_comparison
+    [parent] = parent_runs(client)
+    flow_run_id = parent.data.tags["memopt.prefect_flow_run_id"]
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(flow_run_id)
+        task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = [log.message for log in prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
+        artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+    assert set(flow_run.tags) >= {"method:adamw", "method:galore", "method:blockllm", "model:llama-micro"}
+    assert sorted(r.name for r in task_runs) == sorted([
+        "tokenize memopt/math-synthetic seq_len=32", *(f"{t}-{m}" for m in ("adamw", "galore", "blockllm") for t in ("train", "evaluate")),
+        "compare"])
+    experiment = parent.info.experiment_id
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}" in "\n".join(logs)
+    progress = {a.key: a.data for a in artifacts if a.type == "progress"}
+    assert progress == {f"{m}-progress": 100.0 for m in ("adamw", "galore", "blockllm")}
+    for method, run in child_runs(client, parent.info.run_id).items():
+        assert f"{method}: MLflow run http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}" in logs
+        lines = [m for m in logs if m.startswith(f"{method}: step ")]
+        assert lines[0].startswith(f"{method}: step 1/6 (17%), train_loss ") and "tokens/s" in lines[0]
+        assert lines[-1].startswith(f"{method}: step 6/6 (100%)") and "val_loss" in lines[-1], lines
+    [report] = [a for a in artifacts if a.key == "optimizer-comparison"]
+    assert f"](http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id})" in report.data
+
+
 def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(ComparisonIncomplete, match="galore"):
