@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 from flows.compare import ComparisonIncomplete, compare_optimizers, main
 from memopt.config import CompareConfig
 from memopt.report import LOSS_PLOT, MEMORY_PLOT, TABLE
-from memopt.tracking import child_runs
+from memopt.tracking import child_runs, open_comparison
+from memopt.vocabulary import Tag
 
 MICRO = {"model_name": "llama-micro", "batch_size": 4, "seq_len": 32, "eval_every": 3, "checkpoint_every": 3}
 
@@ -131,6 +132,25 @@ def test_the_prefect_ui_shows_progress_links_and_tags(finished_comparison):
         assert lines[-1].startswith(f"{method}: step 6/6 (100%)") and "val_loss" in lines[-1], lines
     [report] = [a for a in artifacts if a.key == "optimizer-comparison"]
     assert f"](http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id})" in report.data
+
+
+def test_the_run_mlflow_run_made_is_the_parent_in_the_comparisons_experiment_else_a_pointer(tracking_uri):
+    """`mlflow run .` without --experiment-name makes its run in "Default": the comparison goes to its own
+    experiment all the same, and that run points at it. With the experiment's name (make run), it is the parent."""
+    client = MlflowClient(tracking_uri)
+    cfg = CompareConfig(methods=["adamw"], model_name="llama-micro", tracking_uri=tracking_uri)
+    in_default = client.create_run("0").info.run_id
+    parent = client.get_run(open_comparison(client, cfg, in_default))
+    assert parent.info.run_id != in_default and parent.info.run_name == "adamw on llama-micro"
+    assert client.get_experiment(parent.info.experiment_id).name == "memopt"
+    pointer = client.get_run(in_default).data.tags
+    assert pointer[Tag.COMPARISON_PARENT] == parent.info.run_id and parent.info.run_id in pointer[Tag.DESCRIPTION]
+    in_memopt = client.create_run(parent.info.experiment_id).info.run_id
+    assert open_comparison(client, cfg, in_memopt) == in_memopt
+    assert client.get_run(in_memopt).info.run_name == "adamw on llama-micro"
+    assert Tag.COMPARISON_PARENT not in client.get_run(in_memopt).data.tags
+    elsewhere = client.get_run(open_comparison(client, CompareConfig(methods=["adamw"], experiment="mine"), None))
+    assert client.get_experiment(elsewhere.info.experiment_id).name == "mine"
 
 
 def test_a_diverging_method_fails_alone_with_its_reason(prefect_server, tmp_path):
