@@ -94,7 +94,7 @@ def train_and_evaluate(client: MlflowClient, config: CompareConfig, parent: str,
     """One method in its child run (a finished one is skipped, an unfinished one continued); its final status.
     `ui`: the MLflow UI's address, for the links in the log."""
     log = get_run_logger()
-    run = child_run(client, parent, method)
+    run = child_run(client, parent, method, ui)
     run_id = run.info.run_id
     url = run_url(ui, run.info.experiment_id, run_id)
     if run.info.status == "FINISHED":

@@ -27,7 +27,8 @@ from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFL
 
 from memopt.config import CompareConfig
 from memopt.links import mlflow_ui, run_url
-from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, SUMMARY_METRICS, Tag, summary_metric
+from memopt.vocabulary import (CONFIG_PARAM, EXPERIMENT, EXPERIMENT_KIND, MODEL_TRAINING_KIND, SUMMARY_METRICS, Tag,
+                               summary_metric)
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAM_LENGTH = 6000
@@ -117,16 +118,19 @@ ENTRY_POINT = ROOT / "flows" / "compare.py"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The experiment's id, created if it does not exist yet."""
+    """The experiment's id, created if it does not exist yet, and of the kind "model training" unless it says
+    otherwise: MLflow 3's UI shows the runs of such an experiment, not the traces of a GenAI one."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:  # another comparison created it since we looked
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException as exc:  # another comparison created it since we looked
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def source_tags() -> dict[str, str]:
@@ -168,6 +172,7 @@ def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str
         client.log_batch(parent, tags=[RunTag(k, v) for k, v in source_tags().items() if k not in run.data.tags])
     url = run_url(ui, run.info.experiment_id, parent)
     if mlflow_run_id and mlflow_run_id != parent:
+        client.update_run(mlflow_run_id, name=f"→ {run.info.run_name}")
         client.set_tag(mlflow_run_id, Tag.COMPARISON_PARENT, parent)
         client.set_tag(mlflow_run_id, Tag.DESCRIPTION, f"Points at the comparison [{run.info.run_name}]({url}) "
                        f"(experiment {cfg.experiment!r}), which this `mlflow run` finished.")
@@ -197,15 +202,20 @@ def child_runs(client: MlflowClient, parent_run_id: str) -> dict[str, "mlflow.en
     return {r.data.tags[Tag.METHOD]: r for r in runs if Tag.METHOD in r.data.tags}
 
 
-def child_run(client: MlflowClient, parent_run_id: str, method: str) -> "mlflow.entities.Run":
-    """The method's child run: the existing one (a retry or resume continues it) or a new one."""
+def child_run(client: MlflowClient, parent_run_id: str, method: str, ui: str = "") -> "mlflow.entities.Run":
+    """The method's child run: the existing one (a retry or resume continues it) or a new one, described with a
+    link to its parent in the MLflow UI at `ui` when given."""
     existing = child_runs(client, parent_run_id).get(method)
     if existing is not None:
         return existing
     parent = client.get_run(parent_run_id)
-    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
+    tags = {k: v for k, v in parent.data.tags.items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
+    if ui:
+        link = f"[{parent.info.run_name}]({run_url(ui, parent.info.experiment_id, parent_run_id)})"
+        tags[Tag.DESCRIPTION] = (f"`{method}` in the comparison {link}: the final model in `model/`, its plots in "
+                                 f"`plots/`, what its training process was told in `train_config.json`.")
     return client.create_run(
-        parent.info.experiment_id, run_name=method, tags={**inherited, Tag.PARENT: parent_run_id, Tag.METHOD: method}
+        parent.info.experiment_id, run_name=method, tags={**tags, Tag.PARENT: parent_run_id, Tag.METHOD: method}
     )
 
 

@@ -17,6 +17,7 @@ writes checkpoints.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
@@ -41,6 +42,8 @@ def _system_monitor(cfg: TrainConfig):
     """MLflow's own system metrics (system/cpu_utilization_percentage, ...) in this run, by run id: no
     active run needed (MLflow's active run is per thread)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not four INFO lines per method
 
     class SystemMonitor(SystemMetricsMonitor):
         """MLflow's monitor, which also records the interval in progress when it stops: MLflow's own drops it,

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 EXPERIMENT = "memopt"  # the default experiment of every comparison's runs (CompareConfig.experiment)
 CONFIG_PARAM = "config_json"  # the parent's whole configuration, read back by --resume
+EXPERIMENT_KIND, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's experiment tag
 
 
 class Tag(StrEnum):

@@ -25,5 +25,5 @@ def compare(tracking_uri: str, parent_run_id: str, output_dir: str, parent_url: 
         shutil.copyfile(own / name, tmp)
         os.replace(tmp, out / name)
     link = f"[MLflow parent run {parent_run_id}]({parent_url})" if parent_url else f"MLflow parent run {parent_run_id}"
-    create_markdown_artifact(f"{link}\n\n{table.read_text()}", key="optimizer-comparison", description=link)
+    create_markdown_artifact(table.read_text(), key="optimizer-comparison", description=link)
     return str(out / TABLE)

@@ -93,6 +93,7 @@ def test_the_mlflow_ui_shows_the_comparison_whole(finished_comparison):
         assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} == {LOSS_PLOT, MEMORY_PLOT}
         assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {i.dataset.digest for i in parent.inputs.dataset_inputs}
         assert len(run.inputs.dataset_inputs) == 2  # train and validation, once each
+        assert f"/runs/{parent.info.run_id}?workflowType=machine_learning)" in run.data.tags["mlflow.note.content"]
     for run in (parent, *children.values()):
         values = {k: v for k, v in run.data.params.items()}
         assert not [k for k, v in values.items() if v in ("", "None", "{}")], values
@@ -101,6 +102,8 @@ def test_the_mlflow_ui_shows_the_comparison_whole(finished_comparison):
         assert len(tags["mlflow.source.git.commit"]) == 40
     assert "perplexity" not in children["adamw"].data.metrics and "best_val_loss" not in children["adamw"].data.metrics
     assert "lr" not in parent.data.params and parent.data.params["experiment"] == "memopt"
+    # MLflow 3's UI shows an experiment of this kind as runs, not as GenAI traces
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_the_prefect_ui_shows_progress_links_and_tags(finished_comparison):
@@ -122,16 +125,18 @@ def test_the_prefect_ui_shows_progress_links_and_tags(finished_comparison):
         "tokenize memopt/math-synthetic seq_len=32", *(f"{t}-{m}" for m in ("adamw", "galore", "blockllm") for t in ("train", "evaluate")),
         "compare"])
     experiment = parent.info.experiment_id
-    assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}" in "\n".join(logs)
+    ui = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"  # the UI's "Model training" workspace
+    assert f"{ui}/{parent.info.run_id}?workflowType=machine_learning" in "\n".join(logs)
     progress = {a.key: a.data for a in artifacts if a.type == "progress"}
     assert progress == {f"{m}-progress": 100.0 for m in ("adamw", "galore", "blockllm")}
     for method, run in child_runs(client, parent.info.run_id).items():
-        assert f"{method}: MLflow run http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}" in logs
+        assert f"{method}: MLflow run {ui}/{run.info.run_id}?workflowType=machine_learning" in logs
         lines = [m for m in logs if m.startswith(f"{method}: step ")]
         assert lines[0].startswith(f"{method}: step 1/6 (17%), train_loss ") and "tokens/s" in lines[0]
         assert lines[-1].startswith(f"{method}: step 6/6 (100%)") and "val_loss" in lines[-1], lines
     [report] = [a for a in artifacts if a.key == "optimizer-comparison"]
-    assert f"](http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id})" in report.data
+    assert f"]({ui}/{parent.info.run_id}?workflowType=machine_learning)" in report.description
+    assert "| adamw | FINISHED |" in report.data
 
 
 def test_the_run_mlflow_run_made_is_the_parent_in_the_comparisons_experiment_else_a_pointer(tracking_uri):
@@ -143,8 +148,9 @@ def test_the_run_mlflow_run_made_is_the_parent_in_the_comparisons_experiment_els
     parent = client.get_run(open_comparison(client, cfg, in_default))
     assert parent.info.run_id != in_default and parent.info.run_name == "adamw on llama-micro"
     assert client.get_experiment(parent.info.experiment_id).name == "memopt"
-    pointer = client.get_run(in_default).data.tags
-    assert pointer[Tag.COMPARISON_PARENT] == parent.info.run_id and parent.info.run_id in pointer[Tag.DESCRIPTION]
+    pointer = client.get_run(in_default)
+    assert pointer.data.tags[Tag.COMPARISON_PARENT] == parent.info.run_id and pointer.info.run_name == "→ adamw on llama-micro"
+    assert f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?" in pointer.data.tags[Tag.DESCRIPTION]
     in_memopt = client.create_run(parent.info.experiment_id).info.run_id
     assert open_comparison(client, cfg, in_memopt) == in_memopt
     assert client.get_run(in_memopt).info.run_name == "adamw on llama-micro"
