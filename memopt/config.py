@@ -118,7 +118,7 @@ class TrainingOptions(Section):
         0, ge=0, description="sequences per optimizer step; gradient accumulation = it / (batch_size × world size), "
         "which must divide it; 0: no accumulation")
     epochs: int = Field(1, ge=1, description="passes over the training split")
-    max_steps: int = Field(0, ge=0, description="> 0: exactly this many optimizer steps, overriding epochs")
+    max_steps: int = Field(0, ge=0, description="exactly this many optimizer steps, overriding epochs (0: epochs decide)")
     lr: float | None = Field(None, gt=0, allow_inf_nan=False,
                              description="one learning rate for every method (unset: each method's own)")
     warmup_steps: int | None = Field(None, ge=0, description="LR warm-up steps of the cosine schedule "
@@ -140,7 +140,7 @@ class TrainingOptions(Section):
     metric_for_best_model: str = Field(
         "", description="val_loss or val_perplexity: the best evaluation's model is the final, logged one "
         "(unset: the last model)")
-    nproc_per_node: int = Field(1, ge=1, description="> 1: each method trains with DDP through torchrun, "
+    nproc_per_node: int = Field(1, ge=1, description="processes per machine; above 1 each method trains with DDP through torchrun, "
                                 "one process per GPU (gloo on CPU)")
     nnodes: int = Field(1, ge=1, description="machines taking part, each running the same torchrun (README: Scaling out)")
     rdzv_endpoint: str = Field("", description="HOST:PORT of the first node, with nnodes > 1")
