@@ -44,8 +44,8 @@ def deploy(pool: str, name: str = "compare", concurrency_limit: int | None = 1, 
     """Create (or update) the process pool and deploy the flow from `source`; returns the deployment id."""
     run_coro_as_sync(_ensure_pool(pool, concurrency_limit))
     flow = compare_optimizers.from_source(source=str(source), entrypoint=ENTRYPOINT)
-    # to_deployment().apply() rather than flow.deploy(): in Prefect 3.8.8 deploy() first lists the pool's online
-    # workers with a request the server rejects (offset/limit sent as null: 422 Unprocessable Entity).
+    # to_deployment().apply() rather than flow.deploy(): deploy() first lists the pool's online workers with
+    # offset/limit sent as null, which a server under FastAPI >= 0.151 rejects (422; requirements.txt pins 0.150).
     deployment = flow.to_deployment(
         name=name,
         work_pool_name=pool,
