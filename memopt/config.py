@@ -220,7 +220,7 @@ class CompareConfig(WithTraining):
     experiment: str = Field(EXPERIMENT, min_length=1, description="the MLflow experiment of the comparison's runs "
                             "(make run passes it to mlflow run as well)")
     mlflow_ui_url: str = Field("", description="the MLflow UI that links in logs and artifacts point to (unset: the "
-                               "tracking server itself, else http://127.0.0.1:5000, where `mlflow ui` serves a local store)")
+                               "tracking server itself, else http://127.0.0.1:5000, where the README's MLflow UI serves a local store)")
     rank: int | None = Field(None, ge=1, description="rank of every low-rank method (unset: hidden size / 4, at most "
                              "the method's own, 128 for the 512-wide llama-60m: the authors' ratio)")
     sparsity: float | None = Field(None, ge=0, lt=1, description="every method with a sparsity, BlockLLM's share of "
