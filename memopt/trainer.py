@@ -92,6 +92,7 @@ class Trainer:
         self.amp, self.scaler = autocast_context(world.device, self.recipe.mixed_precision)
         self.best = BestTracker(self.opts.metric_for_best_model)
         self.step = 0
+        self.step_time_s = 0.0  # the last train_step's
         self.sampler: MemorySampler | None = None
         self._resume()
 
