@@ -11,6 +11,7 @@ passes through.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
 
 from memopt.config import TrainConfig
 from memopt.distributed import launch_command
@@ -48,10 +50,15 @@ def _retry_unless_nonfinite(task, task_run, state) -> bool:
     return not (isinstance(exc, TrainingFailed) and not exc.retriable)
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The task run's logger, or this module's when the body runs outside Prefect (`train.fn`)."""
+    return get_run_logger() if TaskRunContext.get() else logging.getLogger(__name__)
+
+
 def watch(proc: subprocess.Popen, method: str, run_url: str) -> None:
-    """Read the process's output to its end: progress lines to the log and the progress artifact, the rest
-    through. Nothing here may stop the reading: a process that writes into a closed pipe dies."""
-    log = get_run_logger()
+    """Read the process's output to its end: progress lines to the log and, in a task run, to the progress
+    artifact; the rest through. Nothing here may stop the reading: a process that writes into a closed pipe dies."""
+    log, in_task = _logger(), TaskRunContext.get() is not None
     link = f" ([MLflow run]({run_url}))" if run_url else ""
     artifact = None
     for line in proc.stdout:
@@ -61,9 +68,10 @@ def watch(proc: subprocess.Popen, method: str, run_url: str) -> None:
             continue
         log.info(describe(method, values))
         try:
-            artifact = artifact or create_progress_artifact(
-                0.0, key=f"{method}-progress", description=f"{method}: the share of its training steps done{link}")
-            update_progress_artifact(artifact, percent(values))
+            if in_task:
+                artifact = artifact or create_progress_artifact(
+                    0.0, key=f"{method}-progress", description=f"{method}: the share of its training steps done{link}")
+                update_progress_artifact(artifact, percent(values))
         except Exception as exc:  # noqa: BLE001 (the Prefect API: showing progress must not stop the training)
             log.warning("%s: progress artifact not updated: %s", method, exc)
 
@@ -77,12 +85,16 @@ def train(cfg: TrainConfig, run_url: str = "") -> str:
     cfg.to_json(config_path)
     MlflowClient(cfg.tracking_uri).log_artifact(cfg.run_id, str(config_path))
     if run_url:
-        get_run_logger().info("%s: MLflow run %s", cfg.method, run_url)
+        _logger().info("%s: MLflow run %s", cfg.method, run_url)
     # plain Python, or torchrun when several processes train (memopt/distributed.py)
     opts = cfg.training
     command = launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id)
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        watch(proc, cfg.method, run_url)
+        try:
+            watch(proc, cfg.method, run_url)
+        except BaseException:  # not left training into a pipe nobody reads
+            proc.kill()
+            raise
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
         # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart
