@@ -25,9 +25,8 @@ from benchmarks.common import PREFECT_HOME, markdown_table, write_section
 def main() -> None:
     from mlflow import MlflowClient
 
-    from memopt.vocabulary import Tag
-
     from memopt import optim
+    from memopt.vocabulary import Tag
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="llama-9m")
