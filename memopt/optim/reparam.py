@@ -16,7 +16,11 @@ the ReLoRA authors' repo (Guitaricet/relora), with deviations noted:
   benchmark's optional SVD re-factorization every cycle is not implemented.
 - ReLoRA: frozen W plus B·A·α/r; every `relora_steps` steps W += B·A·α/r, A is
   re-drawn kaiming, B zeroed, the Adam moments of A and B keep only entries above
-  the `prune_ratio` magnitude quantile (authors' scripts: 0.9), and the lr follows a
+  the `prune_ratio` magnitude quantile (authors' scripts: 0.9), each moment by its own
+  quantile as theirs, except that an entry whose second moment is pruned loses its
+  first moment too (fixed: with separate masks a kept m over a zeroed v steps by
+  m/eps, and right after a merge B = 0 leaves A without gradient to refill v, so A
+  jumped to ~1e4 at the first merge of a llama-micro run), and the lr follows a
   jagged restart: ×j/restart_warmup_steps for the j-th step after a merge (j = 0
   first, as in their cosine_restarts schedule). The merge happens inside
   `optimizer.step()` after the update, so the training loop needs nothing (the
@@ -269,9 +273,10 @@ class ReLoRAAdamW(torch.optim.AdamW):
                 seed * 1_000_003 + merge_number * 7_919 + i))
             m.lora_B.zero_()
             for p in (m.lora_A, m.lora_B):
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in self.state[p]:
-                        self.state[p][key] = magnitude_prune(self.state[p][key], ratio)
+                state = self.state[p]
+                if "exp_avg" in state:
+                    state["exp_avg_sq"] = magnitude_prune(state["exp_avg_sq"], ratio)
+                    state["exp_avg"] = magnitude_prune(state["exp_avg"], ratio) * (state["exp_avg_sq"] != 0)
 
 
 def magnitude_prune(t: torch.Tensor, ratio: float) -> torch.Tensor:
