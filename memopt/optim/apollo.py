@@ -47,7 +47,8 @@ def check_apollo_group(rank: int, update_proj_gap: int, scale: float, scale_type
 
 @dataclass(frozen=True, kw_only=True)
 class ApolloConfig(AdamConfig):
-    """APOLLO's: the authors' class (eps 1e-6, gap 200, scale 1, per channel) at lr 0.01 and rank 256."""
+    """APOLLO's hyperparameters; the projected group's options (rank, gap, scale, scale_type) as the authors'
+    per-group ones."""
 
     lr: float = 1e-2
     eps: float = 1e-6

@@ -45,7 +45,7 @@ GROWTH_LIMIT = 1.01  # authors' gamma: the residual's norm may grow at most 1.01
 
 @dataclass(frozen=True, kw_only=True)
 class FiraConfig(GaLoreConfig):
-    """GaLore's (the authors' llama_60m script has the same lr 0.01, alpha 0.25, rank 128, gap 200)."""
+    """GaLore's hyperparameters (the authors' llama_60m script uses GaLore's values) plus the residual's form."""
 
     exact_residual: bool = False
 

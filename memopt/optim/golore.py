@@ -59,7 +59,7 @@ def check_golore_args(rand_ratio: float | None, total_steps: int | None, seed: i
 
 @dataclass(frozen=True, kw_only=True)
 class GoLoreConfig(GaLoreConfig):
-    """GaLore's, plus the switch: rand_ratio 0.25 (README's methods table); total_steps is a run fact
+    """GaLore's, plus the switch (rand_ratio: the README's methods table); total_steps is a run fact that
     the engine supplies."""
 
     rand_ratio: float | None = 0.25

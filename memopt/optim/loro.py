@@ -38,7 +38,7 @@ def check_loro_args(exact_every: int, lr_scaler: float, refresh: str | None) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class LoROConfig(AdamConfig):
-    """The authors' scripts: lr 0.01, exact step every 500, lr_scaler -1, refresh all; eps 1e-6 (HF AdamW)."""
+    """The authors' scripts' values; eps as their HF-style AdamW."""
 
     lr: float = 1e-2
     eps: float = 1e-6

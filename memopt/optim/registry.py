@@ -7,6 +7,12 @@ them by creating the method's config (memopt.optim.config), and calls the builde
 which may reparameterize `model` in place before it returns the optimizer (Low-Rank,
 ReLoRA, ... do). The training loop always calls `optimizer.step(closure)` with a
 closure that returns the step's loss.
+
+A new method is its module (a config dataclass extending config.AdamConfig or a
+family's config, the optimizer class, `builder(model, config)`,
+`state_bytes(model, config)`, one `register(MethodSpec(...))`), an import line in
+memopt/optim/__init__.py, an entry in optim_db.py (without one contract_test.py
+fails) and tests of its own semantics; the shared tests cover the rest.
 """
 from __future__ import annotations
 

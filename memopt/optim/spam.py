@@ -31,7 +31,7 @@ def check_spam_args(threshold: float, reset_interval: int, warmup_steps: int, cl
 
 @dataclass(frozen=True, kw_only=True)
 class SPAMConfig(AdamConfig):
-    """The authors' class defaults (eps 1e-6; reset every 500 steps, 150-step warm-up, clip at 5000·v)."""
+    """The authors' class defaults."""
 
     eps: float = 1e-6
     threshold: float = 5000.0
