@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from memopt.optim.adamw import trainable
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.checks import check, check_adam_args, check_bool, check_int, check_range
 from memopt.optim.config import AdamConfig
@@ -313,12 +314,12 @@ def spam_state_bytes(model: nn.Module, config: SPAMConfig) -> int:
 
 
 def build_stable_spam(model: nn.Module, config: StableSPAMConfig) -> StableSPAM:
-    return StableSPAM([p for p in model.parameters() if p.requires_grad], **config.as_dict())
+    return StableSPAM(trainable(model), **config.as_dict())
 
 
 def stable_spam_state_bytes(model: nn.Module, config: StableSPAMConfig) -> int:
     # two moments, plus three fp32 scalars (EMAs of max|g|, ‖g‖, ‖g‖²) per tensor
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     return sum(2 * p.numel() * p.element_size() + 12 for p in params)
 
 
