@@ -39,6 +39,8 @@ def tiny_model(seed: int = 0) -> nn.Module:
 
 @dataclass(frozen=True)
 class OptimInfo:
+    """One method's entry (the module docstring says what each field is for)."""
+
     name: str
     samples: tuple[dict[str, Any], ...]
     invalid: tuple[tuple[dict[str, Any], str], ...]
@@ -64,6 +66,7 @@ def projectors(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[Hashable, 
 
 
 def golore_events(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[Hashable, ...]:
+    """Refreshes, and whether the switch point (rand_ratio * total_steps) is past: refreshes from then on are random."""
     projected = [(p, g) for g in opt.param_groups if g.get("rank") for p in g["params"] if p in opt.state]
     return (*projectors(model, opt), any(opt._is_random(opt.state[p], g) for p, g in projected))
 
