@@ -250,6 +250,14 @@ class CompareConfig(WithTraining):
             raise ValueError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
         return self
 
+    def tokenizer_name(self) -> str | None:
+        """The data is tokenized with the model's own tokenizer; a preset's (None) is a BPE trained on the data."""
+        return None if is_preset(self.model_name) else self.model_name
+
+    def cache_dir(self) -> str:
+        """Where the tokenized data lives (shared by every comparison writing to this output folder)."""
+        return str(Path(self.output_dir) / "cache")
+
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

@@ -2,10 +2,14 @@
 tracking store. They run after the configuration itself is valid (memopt/config.py) and before anything is
 started; the first failure raises `ConfigError`. The tracking store comes last, since reaching a sqlite
 store creates its file.
+
+`check_data` tokenizes the data (or finds it tokenized) to check the batch against its size, which only the
+tokens tell; the command line runs it before the flow starts, the flow's tokenize task before any run is made.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import tempfile
@@ -16,8 +20,8 @@ from pathlib import Path
 import torch
 
 from memopt import hub, optim
-from memopt.blocks import DEFAULT_VOCAB_SIZE, load_tokenizer
-from memopt.config import CompareConfig, ConfigError
+from memopt.blocks import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenize_dataset, tokenized_dir
+from memopt.config import INT64_MAX, WHY_BOUND, CompareConfig, ConfigError, TrainingOptions
 from memopt.data import DatasetError, check_dataset
 from memopt.methods import recipe, run_hyperparameters
 from memopt.models import (PICKLED_WEIGHTS, PRESETS, build_model, is_local_model, is_preset, max_positions, preset_config,
@@ -32,6 +36,36 @@ def check(cfg: CompareConfig) -> None:
         raise ConfigError(f"--dataset: {exc}") from None
     _check_output_dir(cfg.output_dir)
     _check_tracking_uri(cfg.resolved_tracking_uri())
+
+
+def check_data(cfg: CompareConfig) -> str:
+    """Tokenize the comparison's data into its cache (or reuse it there) and check the batch against it;
+    returns the folder. On an error nothing is left behind."""
+    tokenizer = cfg.tokenizer_name()
+    out = tokenized_dir(cfg.cache_dir(), cfg.dataset, tokenizer, cfg.seq_len, cfg.training.seed)
+    check = functools.partial(check_blocks, cfg.training, cfg.dataset, cfg.seq_len)
+    try:
+        return str(tokenize_dataset(cfg.dataset, tokenizer, cfg.seq_len, out, seed=cfg.training.seed, check=check).root)
+    except DatasetError as exc:
+        raise ConfigError(f"--dataset: {exc}") from None
+
+
+def check_blocks(training: TrainingOptions, dataset: str, seq_len: int, meta: dict) -> None:
+    """A step takes `global_batch_size` of the training blocks, and the run's step count must fit an MLflow step."""
+    blocks, batch = int(meta["n_blocks"]["train"]), training.global_batch_size
+    if blocks < batch:
+        per_round = training.batch_size * training.world_size  # total_batch_size must stay a multiple of it
+        if training.total_batch_size and blocks >= per_round:
+            name, value, most = "total_batch_size", training.total_batch_size, blocks // per_round * per_round
+        else:
+            name, value, most = "batch_size", training.batch_size, blocks // training.world_size
+        processes = f" ({training.world_size} processes)" if training.world_size > 1 else ""
+        raise ConfigError(f"--{name}: got {value}; a step's {batch} sequences{processes} are more than the {blocks} "
+                          f"training blocks of {seq_len} tokens in {dataset!r}: must be at most {most}")
+    steps = training.max_steps or training.epochs * (blocks // batch)
+    if steps > INT64_MAX:
+        raise ConfigError(f"--epochs: got {training.epochs}; {training.epochs} epochs of {blocks // batch} steps are "
+                          f"{steps} steps, more than {INT64_MAX} ({WHY_BOUND[INT64_MAX]})")
 
 
 def _check_model(cfg: CompareConfig) -> None:
