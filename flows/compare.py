@@ -123,7 +123,8 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
     """On --resume, the parent run's own configuration, so the comparison finishes as it began."""
     uri = cfg.resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"no store at {uri} (reading it would create an empty one)")
+        raise ConfigError(f"--resume: cannot read parent run {cfg.resume!r}: no store at {uri} (reading it would create "
+                          "an empty one)")
     run = MlflowClient(uri).get_run(cfg.resume)
     params, tags = run.data.params, run.data.tags
     if CONFIG_PARAM not in params:

@@ -72,6 +72,9 @@ def _check_model(cfg: CompareConfig) -> None:
     if is_preset(cfg.model_name):
         limit = preset_config(cfg.model_name).max_position_embeddings
     else:
+        if not Path(cfg.model_name).expanduser().exists() and cfg.model_name.startswith((".", "/", "~")):
+            raise ConfigError(f"--model_name: {cfg.model_name!r}: no such folder (a preset: {', '.join(PRESETS)}; "
+                              "a save_pretrained folder; or a hub name)")
         if not Path(cfg.model_name).exists() and (why := hub.unreachable_hint()) is not None:
             raise ConfigError(f"--model_name: {cfg.model_name!r} is not a preset or a local folder, and the Hugging Face "
                               f"hub is out of reach ({why})")

@@ -12,6 +12,7 @@ the flow decides: `stop_process_group` ends the whole group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 5.0  # what a training process gets to send its last metrics before SIGKILL
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None  # loaded before any fork
 
 
 class Stopped(BaseException):
@@ -87,6 +90,18 @@ def die_by(signum: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
     os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # only if the signal could not end it
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the process that started this one dies. A flow killed with kill -9 would otherwise
+    leave its training training on, into the checkpoints and the run a resume is about to use. Also the `preexec_fn`
+    of a training process's launch (torchrun, whose workers do the same): it only calls prctl, safe after a fork."""
+    if _libc is None:
+        return
+    parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:

@@ -26,7 +26,7 @@ from memopt import distributed
 from memopt.checkpoint import CheckpointError
 from memopt.config import TrainConfig
 from memopt.monitor import MIB, rss_bytes
-from memopt.stopping import Stopped, die_by, raise_on_signals
+from memopt.stopping import Stopped, die_by, die_with_parent, raise_on_signals
 from memopt.tracking import RunLogger
 from memopt.trainer import NonFiniteLoss, Trainer
 from memopt.vocabulary import Metric, Tag
@@ -75,22 +75,6 @@ def train(cfg: TrainConfig) -> None:
             system_monitor.finish()
         logger.close()
         distributed.teardown(world)
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the process that started this one dies. A flow killed with kill -9 would
-    otherwise leave this process training on, into the checkpoints and the run a resume is about to use."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import os
-    import signal
-
-    parent = os.getppid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

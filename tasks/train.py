@@ -16,7 +16,7 @@ from prefect import task
 
 from memopt.config import TrainConfig
 from memopt.distributed import launch_command
-from memopt.stopping import stop_process_group
+from memopt.stopping import die_with_parent, stop_process_group
 from memopt.train import EXIT_NONFINITE, NOT_RETRIABLE
 from memopt.vocabulary import Tag
 
@@ -54,7 +54,7 @@ def train(cfg: TrainConfig) -> str:
     opts = cfg.training
     # a process group of its own: a Ctrl-C reaches the flow alone, which stops the whole group (torchrun's workers too)
     proc = subprocess.Popen(launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent)
     try:
         proc.wait()
     finally:
