@@ -91,29 +91,39 @@ def test_an_only_checkpoint_that_does_not_read_is_one_error_naming_the_file(save
 # ---- a training process resuming ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    return str(tokenize_dataset(DEFAULT_DATASET, None, 32, tmp_path_factory.mktemp("tokens") / "micro", vocab_size=256).root)
-
-
-def trained(tmp: Path, data_dir: str, keep: int) -> TrainConfig:
-    """A run of STEPS steps trained to the end in this process, checkpoints every 3 steps, `keep` of them kept."""
+def trained_once(tmp_path_factory) -> TrainConfig:
+    """A run of STEPS steps trained to the end in this process, its checkpoints of steps 3 and 6 kept."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data_dir = str(tokenize_dataset(DEFAULT_DATASET, None, 32, tmp / "tokens", vocab_size=256).root)
     uri = f"sqlite:///{tmp}/mlflow.db"
     client = MlflowClient(uri)
-    run_id = child_run(client, open_parent_run(client, None, run_name="checkpoints"), "adamw").info.run_id
-    cfg = TrainConfig(method="adamw", model_name="llama-micro", data_dir=data_dir, output_dir=str(tmp / "adamw"),
-                      run_id=run_id, tracking_uri=uri, batch_size=4, max_steps=STEPS, eval_every=3, checkpoint_every=3,
-                      save_total_limit=keep)
-    train(cfg)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp)  # the store's artifact folder is made in the working folder
+        run_id = child_run(client, open_parent_run(client, None, run_name="checkpoints"), "adamw").info.run_id
+        cfg = TrainConfig(method="adamw", model_name="llama-micro", data_dir=data_dir, output_dir=str(tmp / "adamw"),
+                          run_id=run_id, tracking_uri=uri, batch_size=4, max_steps=STEPS, eval_every=3,
+                          checkpoint_every=3, save_total_limit=2)
+        train(cfg)
     return cfg
+
+
+def trained(tmp: Path, trained_once: TrainConfig, keep: int) -> TrainConfig:
+    """A copy of that run (its store, its folder) under `tmp`, with the newest `keep` checkpoints."""
+    shutil.copy(trained_once.tracking_uri.removeprefix("sqlite:///"), tmp / "mlflow.db")
+    shutil.copytree(trained_once.output_dir, tmp / "adamw")
+    for old in sorted((tmp / "adamw" / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return trained_once.model_copy(update={"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "output_dir": str(tmp / "adamw"),
+                                           "training": trained_once.training.model_copy(update={"save_total_limit": keep})})
 
 
 def steps_logged(cfg: TrainConfig) -> list[int]:
     return sorted(m.step for m in MlflowClient(cfg.tracking_uri).get_metric_history(cfg.run_id, "train_loss"))
 
 
-def test_a_resume_past_a_damaged_checkpoint_tags_the_run_with_what_it_skipped(tmp_path, data_dir, monkeypatch):
+def test_a_resume_past_a_damaged_checkpoint_tags_the_run_with_what_it_skipped(tmp_path, trained_once, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = trained(tmp_path, data_dir, keep=2)
+    cfg = trained(tmp_path, trained_once, keep=2)
     ckpts = Path(cfg.output_dir) / "checkpoints"
     truncate(ckpts / "step-00000006" / "model.safetensors")
     train(cfg)  # again: from step 3, the previous checkpoint
@@ -123,9 +133,9 @@ def test_a_resume_past_a_damaged_checkpoint_tags_the_run_with_what_it_skipped(tm
     assert steps_logged(cfg) == list(range(1, STEPS + 1)), "each step once"
 
 
-def test_no_checkpoint_left_under_a_run_with_metrics_is_said_not_done_silently(tmp_path, data_dir, monkeypatch, capsys):
+def test_no_checkpoint_left_under_a_run_with_metrics_is_said_not_done_silently(tmp_path, trained_once, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    cfg = trained(tmp_path, data_dir, keep=1)
+    cfg = trained(tmp_path, trained_once, keep=1)
     shutil.rmtree(Path(cfg.output_dir) / "checkpoints")
     logger = RunLogger(cfg.tracking_uri, cfg.run_id)
     try:
@@ -139,7 +149,7 @@ def test_no_checkpoint_left_under_a_run_with_metrics_is_said_not_done_silently(t
     assert f"adamw: {said}" in capsys.readouterr().err
 
 
-def test_an_unreadable_only_checkpoint_fails_the_process_once_naming_the_file(tmp_path, data_dir, monkeypatch):
+def test_an_unreadable_only_checkpoint_fails_the_process_once_naming_the_file(tmp_path, trained_once, monkeypatch):
     """The train task's real process: exit 3 (not retried: the same file gives the same error), the reason tagged,
     and nothing trained again from step 0."""
     from tasks.train import TrainingFailed
@@ -147,7 +157,7 @@ def test_an_unreadable_only_checkpoint_fails_the_process_once_naming_the_file(tm
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # this checkout's memopt.train
-    cfg = trained(tmp_path, data_dir, keep=1)
+    cfg = trained(tmp_path, trained_once, keep=1)
     weights = Path(cfg.output_dir) / "checkpoints" / "step-00000006" / "model.safetensors"
     truncate(weights)
     history = MlflowClient(cfg.tracking_uri).get_metric_history(cfg.run_id, "train_loss")

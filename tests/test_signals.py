@@ -5,7 +5,7 @@ and child runs KILLED with the tag memopt.stopped_by, keep the latest checkpoint
 One small comparison per way of stopping, the three at once, each `python -m flows.compare` a real process with its
 own store and output folder:
 - SIGTERM to its process group, as `timeout`, systemd or a container stop send it, with the temporary Prefect server
-  the flow starts itself (the signal stops that server too): max_steps 200, resumed afterwards;
+  the flow starts itself (the signal stops that server too): max_steps 100, resumed afterwards;
 - SIGINT to its process group, as Ctrl-C sends it, on the session's Prefect server: max_steps 10⁹;
 - a cancellation of its flow run through Prefect's API, as the UI's Cancel button sends it: epochs 10⁹.
 The last two are runs of centuries: each says so on its first progress lines.
@@ -32,7 +32,7 @@ from memopt.vocabulary import Tag
 from tests.helpers import kill_group, start_flow, training_pids
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 200
+STEPS = 100
 MICRO = dict(model_name="llama-micro", batch_size=4, seq_len=32, eval_every=1000, checkpoint_every=5)
 ARGS = [arg for key, value in MICRO.items() for arg in (f"--{key}", str(value))] + ["--methods", "adamw", "--retries", "0"]
 CASES = {  # how each comparison is stopped: its own step count, the exit code it must end with
