@@ -3,7 +3,9 @@
 The process is `python -m memopt.train CONFIG.json` (memopt/train.py): its own
 OS process for a fair peak memory and an isolated crash. A Prefect retry runs
 it again; it resumes from its last checkpoint into the same child run. A NaN or
-inf loss is not retried: the same seed would give the same NaN.
+inf loss is not retried: the same seed would give the same NaN; nor is a
+checkpoint that does not read. On SIGTERM, SIGINT or a cancellation the flow
+stops the process's whole group here (flows/stopping.py).
 """
 from __future__ import annotations
 
