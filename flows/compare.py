@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -151,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     except ComparisonIncomplete as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (Stopped, CancelledRun):
-        current_stop().exit()  # 143 or 130, within the stop's deadline
+    except (Stopped, CancelledRun) as exc:
+        if (stop := current_stop()) is None:  # a signal as the flow ended, after its own handling
+            return exc.exit_code if isinstance(exc, Stopped) else 128 + signal.SIGTERM
+        stop.exit()  # 143 or 130, within the stop's deadline
     print(json.dumps(statuses))
     return 0
 

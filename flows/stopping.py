@@ -48,6 +48,7 @@ class Stop:
         self.comparison: tuple[MlflowClient, str] | None = None  # (client, parent run id), once the parent exists
         self.stopped: Stopped | None = None
         self.runs_ended = threading.Event()
+        self.runs_left = "runs ended KILLED"  # or why not
         self.started = time.monotonic()
         self.api_url: str | None = None  # Prefect's, to tell whether it still answers
         self._done_watching = threading.Event()
@@ -67,7 +68,7 @@ class Stop:
             if self.comparison is not None:
                 kill_comparison(*self.comparison, self.stopped.reason)
         except Exception as exc:  # noqa: BLE001 (the store may be what failed; say so and still end)
-            print(f"note: could not end the MLflow runs KILLED: {exc}", file=sys.stderr)
+            self.runs_left = f"could not end the MLflow runs KILLED ({exc})"
         finally:
             self.runs_ended.set()
         if _end_process:
@@ -96,7 +97,7 @@ class Stop:
             return
         self.runs_ended.wait(max(0.0, DEADLINE_S - (time.monotonic() - self.started)))
         resume = f"; finish it with: python -m flows.compare --resume {self.comparison[1]}" if self.comparison else ""
-        print(f"stopped by {self.stopped.reason}: training stopped, runs ended KILLED, checkpoints kept{resume}",
+        print(f"stopped by {self.stopped.reason}: training stopped, {self.runs_left}, checkpoints kept{resume}",
               file=sys.stderr, flush=True)
 
     def exit(self, exit_handlers: bool = True) -> NoReturn:
