@@ -22,10 +22,12 @@ from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from flows.stopping import Stop, end_process_on_stop, stop_on_signals
+from flows.stopping import current as current_stop
 from memopt import preflight
+from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
 from memopt.config import CompareConfig, ConfigError, TrainConfig
-from memopt.blocks import TokenizedData
 from memopt.stopping import Stopped, raise_on_signals
 from memopt.tracking import (child_run, close_comparison, ensure_store, fail_mlflow_run, fail_run, open_comparison,
                              reopen_run)
@@ -34,9 +36,6 @@ from tasks.data import log_dataset_inputs, tokenize_for
 from tasks.evaluate import evaluate
 from tasks.report import compare
 from tasks.train import train
-
-from flows.stopping import Stop, end_process_on_stop, stop_on_signals
-from flows.stopping import current as current_stop
 
 
 class ComparisonIncomplete(RuntimeError):

@@ -5,9 +5,9 @@ files synced, and renamed into place; the file `latest` (also replaced
 atomically) names the newest complete one. A kill at any moment leaves the
 previous checkpoint whole.
 
-`resume` reads them back: the one `latest` names, or, when that one is gone or
-damaged (a truncated file, a missing folder), the newest older one that reads
-whole, saying what it skipped. When checkpoints exist and none reads, it raises
+`resume` reads them back: the newest that reads whole (the one `latest`
+names, unless that one is gone or damaged: a truncated file, a missing folder),
+saying what it skipped. When checkpoints exist and none reads, it raises
 `CheckpointError` naming the file: a run is never started again from step 0
 because its checkpoint could not be read.
 """
@@ -83,9 +83,19 @@ def latest(directory: Path) -> Path | None:
 
 
 def load(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load the weights into `model` and return the trainer state."""
-    load_model(model, str(path / FILES[0]))
-    return torch.load(path / FILES[1], weights_only=True)
+    """Load the weights into `model` and return the trainer state; CheckpointError names a file that does not read
+    (missing, truncated, or holding more than tensors and plain data), and why."""
+    weights, state = (path / name for name in FILES)
+    for file in (weights, state):
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+    for file, read in ((weights, lambda: load_model(model, str(weights))),
+                       (state, lambda: torch.load(state, weights_only=True))):
+        try:
+            value = read()
+        except Exception as exc:  # noqa: BLE001 (safetensors, zip and unpickling errors all mean it does not read)
+            raise CheckpointError(f"{file} ({file.stat().st_size} bytes): {str(exc).splitlines()[0]}") from exc
+    return value
 
 
 def resume(directory: Path, model: torch.nn.Module) -> tuple[dict[str, Any], Path, list[str]] | None:
@@ -102,23 +112,9 @@ def resume(directory: Path, model: torch.nn.Module) -> tuple[dict[str, Any], Pat
     skipped = [] if named is None or (directory / named).is_dir() else [f"{directory / named}: missing (named by {pointer})"]
     for folder in folders:
         try:
-            return _read_whole(folder, model), folder, skipped
+            return load(folder, model), folder, skipped
         except CheckpointError as exc:
             skipped.append(str(exc))
     raise CheckpointError(f"no checkpoint in {directory} reads whole: {'; '.join(skipped)}. Delete {directory} "
                           "to train this method again from step 0")
 
-
-def _read_whole(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """`load`, with a CheckpointError that names the file that does not read, and why."""
-    weights, state = (folder / name for name in FILES)
-    for file in (weights, state):
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing")
-    for file, read in ((weights, lambda: load_model(model, str(weights))),
-                       (state, lambda: torch.load(state, weights_only=True))):
-        try:
-            value = read()
-        except Exception as exc:  # noqa: BLE001 (safetensors, zip and unpickling errors all mean it does not read)
-            raise CheckpointError(f"{file} ({file.stat().st_size} bytes): {str(exc).splitlines()[0]}") from exc
-    return value
