@@ -48,7 +48,9 @@ def flow_env(prefect_server, tmp_path_factory) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PREFECT_API_URL": PREFECT_API_URL.value(),
-            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path_factory.mktemp("prefect-storage"))}
+            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path_factory.mktemp("prefect-storage")),
+            # the temporary server's telemetry logs a traceback of its own now and then ("database is locked")
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def _stop(case: str, proc: subprocess.Popen, uri: str, parent: str) -> None:
