@@ -46,8 +46,12 @@ def check_data(cfg: CompareConfig) -> str:
     check = functools.partial(check_blocks, cfg.training, cfg.dataset, cfg.seq_len)
     try:
         return str(tokenize_dataset(cfg.dataset, tokenizer, cfg.seq_len, out, seed=cfg.training.seed, check=check).root)
+    except ConfigError:
+        raise
     except DatasetError as exc:
         raise ConfigError(f"--dataset: {exc}") from None
+    except ValueError as exc:  # the model's tokenizer (memopt.blocks.load_tokenizer names it)
+        raise ConfigError(f"--model_name: {exc}") from None
 
 
 def check_blocks(training: TrainingOptions, dataset: str, seq_len: int, meta: dict) -> None:
