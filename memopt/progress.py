@@ -39,7 +39,11 @@ def percent(values: dict[str, float]) -> float:
     return 100.0 * values["step"] / max(values["steps"], 1)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `2 h 07 min`; `9 days`, `1,234 years` for the times a mistyped step count gives."""
+    days = seconds / 86400
+    if days >= 2:
+        return f"{days / 365:,.0f} years" if days >= 730 else f"{days:,.0f} days"
     minutes, s = divmod(int(round(seconds)), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s" if m else f"{s} s"
@@ -52,7 +56,7 @@ def describe(method: str, values: dict[str, float]) -> str:
     if "tokens_per_s" in values:
         parts.append(f"{values['tokens_per_s']:.0f} tokens/s")
     if "eta_s" in values:
-        parts.append(f"{_duration(values['eta_s'])} left")
+        parts.append(f"{duration(values['eta_s'])} left")
     return ", ".join(parts)
 
 

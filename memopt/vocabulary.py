@@ -18,6 +18,10 @@ class Tag(StrEnum):
     # On a run `mlflow run` made that is not the comparison's parent (a resume, or a run in another experiment
     # than the comparison's): the parent run it points at.
     COMPARISON_PARENT = "memopt.comparison_parent"
+    SKIPPED_CHECKPOINTS = "memopt.skipped_checkpoints"  # damaged checkpoints a resume passed over, with why
+    RESTARTED_FROM_ZERO = "memopt.restarted_from_step_0"  # no checkpoint, but the run already had metrics
+    STOPPED_BY = "memopt.stopped_by"  # on runs ended KILLED: the signal, or the Prefect cancellation
+    LONG_RUN = "memopt.long_run"  # the step count would take more than a day at the first steps' speed
     FAILED_METHODS = "memopt.failed_methods"
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
     DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's Description (Markdown)

@@ -3,7 +3,9 @@
 The process is `python -m memopt.train CONFIG.json` (memopt/train.py): its own
 OS process for a fair peak memory and an isolated crash. A Prefect retry runs
 it again; it resumes from its last checkpoint into the same child run. A NaN or
-inf loss is not retried: the same seed would give the same NaN.
+inf loss is not retried: the same seed would give the same NaN; nor is a
+checkpoint that does not read. On SIGTERM, SIGINT or a cancellation the flow
+stops the process's whole group here (flows/stopping.py).
 
 While it trains, each progress line it prints (memopt/progress.py) goes to the
 task's log and moves the method's Prefect progress artifact; its other output
@@ -24,7 +26,8 @@ from prefect.context import TaskRunContext
 from memopt.config import TrainConfig
 from memopt.distributed import launch_command
 from memopt.progress import describe, parse_line, percent
-from memopt.train import EXIT_NONFINITE
+from memopt.stopping import die_with_parent, stop_process_group
+from memopt.train import EXIT_NONFINITE, NOT_RETRIABLE
 from memopt.vocabulary import Tag
 
 
@@ -89,15 +92,17 @@ def train(cfg: TrainConfig, run_url: str = "") -> str:
     # plain Python, or torchrun when several processes train (memopt/distributed.py)
     opts = cfg.training
     command = launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+    # a process group of its own: a Ctrl-C reaches the flow alone, which stops the whole group (torchrun's workers too)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1,
+                          start_new_session=True, preexec_fn=die_with_parent) as proc:
         try:
             watch(proc, cfg.method, run_url)
-        except BaseException:  # not left training into a pipe nobody reads
-            proc.kill()
-            raise
+            proc.wait()
+        finally:  # on a signal, a cancellation or a failure while watching: not left training into a pipe nobody reads
+            stop_process_group(proc)
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
         # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart
-        nonfinite = proc.returncode == EXIT_NONFINITE or reason.startswith("NonFiniteLoss")
-        raise TrainingFailed(reason, retriable=not nonfinite)
+        final = proc.returncode == EXIT_NONFINITE or reason.startswith(tuple(e.__name__ for e in NOT_RETRIABLE))
+        raise TrainingFailed(reason, retriable=not final)
     return str(out / "final")
