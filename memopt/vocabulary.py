@@ -49,9 +49,33 @@ class Metric(StrEnum):
     PERPLEXITY = "perplexity"
     ANSWER_ACCURACY = "answer_accuracy"
 
+    # the memory breakdown of one training step (memopt/breakdown.py), at that step
+    STEP_PEAK_MB = "memory/step_peak_mb"  # the step's own peak: RSS on CPU, allocated on CUDA
+    RUNTIME_MB = "memory/runtime_mb"  # RSS before the model was built (CPU; 0 on CUDA: no tensor of ours)
+    REST_MB = "memory/rest_mb"  # the step's peak minus the runtime and every part
+
     @staticmethod
     def peak_rss_mb_rank(rank: int) -> str:
         return f"peak_rss_mb_rank{rank}"
+
+    @staticmethod
+    def memory_part(part: str, estimate: bool = False) -> str:
+        """A part of the breakdown (MemoryPart), measured or by its formula."""
+        return f"memory/{part}_{'estimate_' if estimate else ''}mb"
+
+    @staticmethod
+    def memory_at(phase: str, reading: str) -> str:
+        """A reading (rss, cuda_allocated) at a phase boundary of the measured step (memopt.breakdown.PHASES)."""
+        return f"memory/{reading}_at_{phase}_mb"
+
+
+class MemoryPart(StrEnum):
+    """The parts of a training step's memory, in the order they stack."""
+
+    WEIGHTS = "weights"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
 
 
 class Param(StrEnum):
