@@ -13,10 +13,12 @@ other step the probe does nothing):
   parameters left out; the fused loss's gradients, computed in forward and saved for backward, count here);
 - the step's peak: on CPU the kernel's high-water mark of the resident set over this step alone (reset at the
   step's start, memopt.monitor.reset_peak_rss), on CUDA torch's peak of allocated memory over the step;
-- runtime (CPU): the RSS right before the model was built (Python, the libraries, the tokenized data);
-- the rest: the step's peak minus the runtime and the four parts: temporaries, the allocator's cache and slack.
-  Gradients and activations do not all coexist (backward frees activations as it makes gradients), so the
-  rest is a lower bound of that overhead.
+- runtime: what the process holds going into the step that is none of those tensors: the reading at the step's
+  start (RSS on CPU: Python, the libraries, the data, freed memory the allocator kept; allocated bytes on CUDA)
+  minus the weights, optimizer state and gradients then;
+- the rest: the step's peak minus the runtime and the four parts: the step's temporaries and what the
+  allocator takes beyond them. Gradients and activations do not all coexist (backward frees activations as it
+  makes gradients), so the rest is a lower bound of that overhead.
 
 Beside each measured part, its analytic estimate from the shapes (`estimate`): parameters × dtype size; the
 trainable parameters for gradients; the method's registered formula for the state
@@ -146,7 +148,7 @@ class Breakdown:
     device: str
     measured: dict[str, int]
     estimate: dict[str, int | None]
-    runtime: int  # RSS before the model was built (CPU); 0 on CUDA
+    runtime: int  # the step's starting reading minus the tensors then
     peak: int  # the step's own peak: RSS high-water mark (CPU), peak allocated (CUDA)
     boundaries: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> reading -> bytes
 
@@ -170,10 +172,9 @@ class StepMemory:
     """The trainer's probe: `measuring(step)` around a training step and `boundary(phase)` at its phase
     boundaries measure the step `at_step` and do nothing on the others; the result is `take()`n once."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, runtime_bytes: int,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  expected_state: Callable[[], int], activation_shape: tuple[int, int] | None):
         self.model, self.optimizer, self.cuda = model, optimizer, device.type == "cuda"
-        self.runtime = 0 if self.cuda else runtime_bytes
         self.expected_state, self.activation_shape = expected_state, activation_shape
         self.at_step = 0  # set by the trainer before its loop
         self._meter: SavedTensorMeter | None = None
@@ -184,6 +185,11 @@ class StepMemory:
     def _reading(self) -> dict[str, int]:
         return {"rss": rss_bytes(), **({"cuda_allocated": torch.cuda.memory_allocated()} if self.cuda else {})}
 
+    def _tensors(self) -> int:
+        """Bytes of the weights, the optimizer state and the gradients that exist now."""
+        return (storage_bytes([*self.model.parameters(), *self.model.buffers()]) + optimizer_state_bytes(self.optimizer)
+                + storage_bytes(p.grad for p in self.model.parameters()))
+
     @contextlib.contextmanager
     def measuring(self, step: int) -> Iterator[None]:
         if step != self.at_step:
@@ -191,6 +197,7 @@ class StepMemory:
             return
         expected = estimate(self.model, self.optimizer, self.activation_shape)  # the trainable tensors of now
         self._boundaries = {"step_start": self._reading()}
+        runtime = self._boundaries["step_start"]["cuda_allocated" if self.cuda else "rss"] - self._tensors()
         reset_cuda_peak() if self.cuda else reset_peak_rss()
         with SavedTensorMeter(exclude=self.model.parameters()) as meter:
             self._meter = meter
@@ -207,7 +214,7 @@ class StepMemory:
                       MemoryPart.OPTIMIZER_STATE: optimizer_state_bytes(self.optimizer),
                       MemoryPart.ACTIVATIONS: meter.peak},
             estimate={**expected, MemoryPart.OPTIMIZER_STATE: self.expected_state()},
-            runtime=self.runtime, peak=peak, boundaries=self._boundaries,
+            runtime=runtime, peak=peak, boundaries=self._boundaries,
         )
 
     def boundary(self, phase: str) -> None:

@@ -25,8 +25,16 @@ _peaks_before_reset = {"rss": 0, "cuda": 0}
 
 
 def rss_high_water_bytes() -> int:
-    """The kernel's high-water mark of this process's resident set (VmHWM) since the last reset."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The kernel's high-water mark of this process's own resident set (VmHWM) since the last reset.
+
+    Read from /proc/self/status, not getrusage: Linux carries ru_maxrss across exec, so a training process
+    started by the flow (fork or vfork, then exec) would report at least the flow process's own peak, and a
+    thread that exits folds the high-water mark of before a reset back in."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # no procfs: the rusage figure, the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def peak_rss_bytes() -> int:

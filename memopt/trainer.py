@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from memopt import checkpoint, distributed, optim
+from memopt import checkpoint, distributed, optim, tracking
 from memopt.breakdown import StepMemory
 from memopt.blocks import TokenizedData
 from memopt.config import TrainConfig
@@ -96,7 +96,7 @@ class Trainer:
         self.best = BestTracker(self.opts.metric_for_best_model)
         plain = not (self.recipe.mixed_precision or self.recipe.gradient_checkpointing)  # the activation formula's case
         self.memory = StepMemory(
-            self.model, self.optimizer, world.device, self.rss_before_model,
+            self.model, self.optimizer, world.device,
             lambda: optim.expected_state_bytes(self.recipe.optimizer, self.model, **self.hp),
             (self.opts.batch_size // self.chunks, self.train_blocks.shape[1]) if plain else None,
         )
@@ -285,7 +285,8 @@ class Trainer:
         else:
             self.export(final)
         self.log.flush()
-        self.log.client.log_artifacts(self.cfg.run_id, str(final), "model")
+        if tracking.run_model_id(self.log.client, self.cfg.run_id) is None:  # a resume after the end: logged already
+            tracking.log_model(self.cfg.tracking_uri, self.cfg.run_id, final, self.steps)
 
     def export(self, folder: Path) -> None:
         """save_pretrained into a temporary folder renamed into place: a kill leaves the previous export whole."""

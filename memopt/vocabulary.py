@@ -18,6 +18,7 @@ class Tag(StrEnum):
     FAILED_METHODS = "memopt.failed_methods"
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
     RANKS_IN_SYNC = "memopt.ranks_in_sync"
+    ENVIRONMENT = "memopt.env."  # prefix: the comparison's environment (memopt/environment.py), one tag per fact
 
     @staticmethod
     def param_digest(rank: int) -> str:
@@ -82,6 +83,8 @@ class Param(StrEnum):
     """Params of a child run that the flow and the report read back."""
 
     TOTAL_STEPS = "total_steps"
+    LR = "hp.lr"  # the learning rate the optimizer was built with (the method's own or the comparison's)
+    DEVICE = "device"
     GLOBAL_BATCH_SIZE = "global_batch_size"
     SEQ_LEN = "seq_len"
     STEPS_PER_EPOCH = "steps_per_epoch"

@@ -1,0 +1,150 @@
+"""The report's plots, each a PNG. Every method keeps one colour across them, and every legend names its
+learning rate. The Pareto and lr-sensitivity plots take plain numbers, so any source (one run per method,
+seeds, an lr sweep) can feed them."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here; files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from memopt.report.analysis import pareto_front  # noqa: E402
+from memopt.report.gather import MethodResult, parts  # noqa: E402
+from memopt.report.tables import PART_NAMES  # noqa: E402
+from memopt.vocabulary import Metric  # noqa: E402
+
+DPI = 110
+
+
+def colours(methods: list[str]) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _finish(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def loss_curves(results: list[MethodResult], path: Path) -> Path:
+    """Training and validation loss against the optimizer step."""
+    colour = colours([r.method for r in results])
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        for ax, curve, marker in ((ax_train, r.train_curve, None), (ax_val, r.val_curve, ".")):
+            if curve:
+                ax.plot(*zip(*curve), label=r.label, marker=marker, color=colour[r.method])
+    _finish(ax_train, "Training loss", "optimizer step", "loss")
+    _finish(ax_val, "Validation loss (while training)", "optimizer step", "loss")
+    return _save(fig, path)
+
+
+def loss_vs_tokens_and_time(results: list[MethodResult], target: float | None, path: Path) -> Path:
+    """Validation loss against the tokens trained and against the training steps' seconds, AdamW's final
+    validation loss (the target) drawn across both."""
+    colour = colours([r.method for r in results])
+    fig, (ax_tokens, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        points = [(s, v) for s, v in r.val_curve if s == 0 or s in r.seconds_at]
+        if not points:
+            continue
+        ax_tokens.plot([r.tokens_at(s) for s, _ in points], [v for _, v in points], marker=".", label=r.label,
+                       color=colour[r.method])
+        ax_time.plot([r.seconds_at.get(s, 0.0) for s, _ in points], [v for _, v in points], marker=".", label=r.label,
+                     color=colour[r.method])
+    for ax in (ax_tokens, ax_time):
+        if target is not None:
+            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target: AdamW's final {target:.3f}")
+    _finish(ax_tokens, "Validation loss against tokens", "tokens trained", "validation loss")
+    _finish(ax_time, "Validation loss against time", "training seconds (steps only)", "validation loss")
+    return _save(fig, path)
+
+
+def memory_over_time(results: list[MethodResult], path: Path) -> Path:
+    """Each process's sampled resident memory, its exact peak (the kernel's high-water mark, which samples
+    taken every memory_interval_s can miss) drawn as a dashed line; the axis starts at 0."""
+    colour = colours([r.method for r in results])
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for r in results:
+        if r.memory_samples:
+            ax.plot(*zip(*r.memory_samples), label=r.label, color=colour[r.method])
+        if r.peak_rss_mb is not None:
+            ax.axhline(r.peak_rss_mb, color=colour[r.method], linestyle="--", linewidth=1,
+                       label=f"{r.method} peak {r.peak_rss_mb:.0f} MB")
+    ax.set_ylim(bottom=0)
+    _finish(ax, "Process memory (RSS) during training", "seconds since the first sample", "MB")
+    return _save(fig, path)
+
+
+def memory_breakdown(results: list[MethodResult], path: Path) -> Path:
+    """One stacked bar per method: runtime, weights, gradients, optimizer state, peak activations and the rest
+    of the measured step's peak; a tick at the whole process's peak."""
+    shown = [r for r in results if r.breakdown]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 3), 5))
+    segments = {"Runtime": ("lightgrey", lambda r: r.breakdown.get(Metric.RUNTIME_MB, 0.0)),
+                **{name: (None, lambda r, p=part: parts(r)[p] or 0.0) for part, name in PART_NAMES.items()},
+                "Rest": ("white", lambda r: max(0.0, r.breakdown.get(Metric.REST_MB, 0.0)))}
+    x = range(len(shown))
+    bottom = [0.0] * len(shown)
+    for name, (colour, value) in segments.items():
+        heights = [value(r) for r in shown]
+        ax.bar(x, heights, bottom=bottom, label=name, color=colour, edgecolor="black", linewidth=0.5,
+               hatch="//" if name == "Rest" else None)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    peaks = [r.peak_mb for r in shown]
+    if any(p is not None for p in peaks):
+        ax.scatter([i for i, p in zip(x, peaks) if p is not None], [p for p in peaks if p is not None], marker="_",
+                   s=900, color="black", zorder=3, label="whole process's peak")
+    ax.set_xticks(list(x), [r.label for r in shown], rotation=20, ha="right")
+    step = next((r.breakdown_step for r in shown if r.breakdown_step), None)
+    _finish(ax, f"Where step {step}'s memory goes", "", "MB")
+    ax.set_ylim(bottom=0)
+    return _save(fig, path)
+
+
+def pareto(points: dict[str, tuple[float, float]], path: Path, spread: dict[str, list[float]] | None = None,
+           labels: dict[str, str] | None = None) -> Path:
+    """Peak memory against final validation loss ({method: (memory MB, loss)}), the front of methods no other
+    beats on both drawn as a line; with `spread` ({method: [loss per seed]}, two seeds or more), error bars of
+    ± one standard deviation."""
+    colour = colours(list(points))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, (memory, loss) in points.items():
+        seeds = (spread or {}).get(method, [])
+        yerr = statistics.stdev(seeds) if len(seeds) >= 2 else None
+        ax.errorbar(memory, loss, yerr=yerr, fmt="o", capsize=4, color=colour[method],
+                    label=(labels or {}).get(method, method) + (f" (± sd of {len(seeds)} seeds)" if yerr is not None else ""))
+        ax.annotate(method, (memory, loss), textcoords="offset points", xytext=(6, 6), fontsize="small")
+    front = pareto_front(points)
+    if front:
+        ax.step([points[m][0] for m in front], [points[m][1] for m in front], where="post", color="black",
+                linestyle="--", linewidth=1, label="Pareto front")
+    _finish(ax, "Memory against quality (lower-left is better)", "peak memory (MB)", "final validation loss")
+    return _save(fig, path)
+
+
+def lr_sensitivity(trials: dict[str, list[tuple[float, float]]], path: Path) -> Path:
+    """Validation loss against the learning rate ({method: [(lr, loss), ...]}), log scale, each method's best
+    lr ringed."""
+    colour = colours(list(trials))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, points in trials.items():
+        points = sorted(points)
+        ax.plot(*zip(*points), marker="o", label=method, color=colour[method])
+        best = min(points, key=lambda p: p[1])
+        ax.scatter(*best, s=160, facecolors="none", edgecolors=colour[method], linewidths=1.5)
+    ax.set_xscale("log")
+    _finish(ax, "Learning-rate sensitivity (ringed: the best lr)", "learning rate", "validation loss")
+    return _save(fig, path)
