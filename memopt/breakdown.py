@@ -10,7 +10,9 @@ other step the probe does nothing):
 - optimizer state: `memopt.memory.optimizer_state_bytes` after the step;
 - peak activations: the most bytes that autograd's saved tensors held at once during forward and backward
   (`torch.autograd.graph.saved_tensors_hooks`: each saved storage counted once while any node holds it,
-  parameters left out; the fused loss's gradients, computed in forward and saved for backward, count here);
+  parameters left out; the fused loss's gradients, computed in forward and saved for backward, count here).
+  Under gradient checkpointing this is a lower bound: torch.utils.checkpoint keeps the checkpointed layers'
+  inputs and their recomputed tensors itself, outside these hooks;
 - the step's peak: on CPU the kernel's high-water mark of the resident set over this step alone (reset at the
   step's start, memopt.monitor.reset_peak_rss), on CUDA torch's peak of allocated memory over the step;
 - runtime: what the process holds going into the step that is none of those tensors: the reading at the step's

@@ -267,4 +267,7 @@ def register_model(client: MlflowClient, name: str, run_id: str) -> "mlflow.enti
     model_id = run_model_id(client, run_id)
     if model_id is None:
         raise ValueError(f"run {run_id} logged no model to register")
-    return client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    # the model's own storage as the source: a `models:/ID` source makes MLflow's sql registry look the model up
+    # in the process's global store, not this client's
+    source = client.get_logged_model(model_id).artifact_location
+    return client.create_model_version(name, source, run_id=run_id, model_id=model_id)

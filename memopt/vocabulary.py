@@ -85,6 +85,7 @@ class Param(StrEnum):
     TOTAL_STEPS = "total_steps"
     LR = "hp.lr"  # the learning rate the optimizer was built with (the method's own or the comparison's)
     DEVICE = "device"
+    GRADIENT_CHECKPOINTING = "gradient_checkpointing"
     GLOBAL_BATCH_SIZE = "global_batch_size"
     SEQ_LEN = "seq_len"
     STEPS_PER_EPOCH = "steps_per_epoch"

@@ -16,7 +16,7 @@ from pathlib import Path
 from memopt.report import html, plots
 from memopt.report.analysis import ToTarget, pareto_front, to_target
 from memopt.report.gather import Comparison, MethodResult, gather, method_result, parts  # noqa: F401 (method_result: tools)
-from memopt.report.tables import breakdown_table, environment_table, notes, summary, to_target_table
+from memopt.report.tables import breakdown_table, environment_table, notes, summary, target_heading, to_target_table
 
 TABLE = "comparison_results.md"
 HTML = "comparison_report.html"
@@ -26,6 +26,7 @@ MEMORY_PLOT = "memory_over_time.png"
 BREAKDOWN_PLOT = "memory_breakdown.png"
 PARETO_PLOT = "pareto.png"
 LR_PLOT = "lr_sensitivity.png"
+BREAKDOWN_HEADING = "Memory breakdown (MB: measured, in brackets the formula)"
 
 
 
@@ -107,12 +108,12 @@ def _figures(report: Report, out_dir: Path, lr_trials: dict | None, seed_losses:
 
 def _markdown(report: Report, figures: list[html.Figure], run_link: str, cmds: list[str]) -> str:
     c = report.comparison
-    out = [f"# Optimizer comparison\n\nMLflow parent run {run_link} (experiment {c.experiment_id}), started {c.date}.\n",
+    out = [f"# Optimizer comparison\n\nMLflow parent run {run_link} (experiment {c.experiment_id}), started {c.date}.",
            summary(c.results).markdown()]
     if report.target is not None:
-        out += [f"## Time and tokens to AdamW's final validation loss ({report.target:.4f})",
+        out += [f"## {target_heading(report.target)}",
                 to_target_table(report.to_target).markdown()]
-    out += ["## Memory breakdown (MB: measured, in brackets the formula)", breakdown_table(c.results).markdown()]
+    out += [f"## {BREAKDOWN_HEADING}", breakdown_table(c.results).markdown()]
     out += ["## Plots", *(f"![{f.caption}]({f.path.name})" for f in figures)]
     out += ["## Notes", "\n".join(f"- {item}" for item in notes(c, report.target))]
     out += ["## Environment", environment_table(c).markdown(), *(f"```\n{cmd}\n```" for cmd in cmds)]
@@ -123,9 +124,9 @@ def _html(report: Report, figures: list[html.Figure], cmds: list[str]) -> str:
     c = report.comparison
     sections = [("Results", html.table_html(summary(c.results)))]
     if report.target is not None:
-        sections.append((f"Time and tokens to AdamW's final validation loss ({report.target:.4f})",
+        sections.append((target_heading(report.target),
                          html.table_html(to_target_table(report.to_target))))
-    sections += [("Memory breakdown (MB: measured, in brackets the formula)", html.table_html(breakdown_table(c.results))),
+    sections += [(BREAKDOWN_HEADING, html.table_html(breakdown_table(c.results))),
                  ("Plots", "".join(html.figure_html(f) for f in figures)),
                  ("Notes", html.items_html(notes(c, report.target))),
                  ("Environment", html.table_html(environment_table(c), sortable=False) + html.pre_html(cmds))]

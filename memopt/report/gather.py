@@ -43,6 +43,7 @@ class MethodResult:
     breakdown: dict[str, float] = field(default_factory=dict)  # memory/* metrics (MiB) of the measured step
     breakdown_step: int | None = None
     cuda: bool = False
+    checkpointed: bool = False  # gradient checkpointing: the measured activations are a lower bound
 
     @property
     def peak_mb(self) -> float | None:
@@ -108,6 +109,7 @@ def method_result(client: MlflowClient, run: Run) -> MethodResult:
     r = MethodResult(run.data.tags[Tag.METHOD], run.info.status, run.data.tags.get(Tag.FAILURE_REASON, ""),
                      run.info.run_id, lr=_float(params.get(Param.LR)))
     r.cuda = params.get(Param.DEVICE) == "cuda"
+    r.checkpointed = params.get(Param.GRADIENT_CHECKPOINTING) == "True"
     r.tokens_per_step = int(params.get(Param.GLOBAL_BATCH_SIZE, 0)) * int(params.get(Param.SEQ_LEN, 0))
     _timing(r, client, run)
     r.tokens_per_s = metrics.get(Metric.TOKENS_PER_S)

@@ -15,7 +15,7 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px;
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.55rem; text-align: right; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, table.facts td { text-align: left; }
 table.sortable th { cursor: pointer; background: #f3f3f3; user-select: none; }
 table.sortable th.asc::after { content: " \\25B2"; } table.sortable th.desc::after { content: " \\25BC"; }
 figure { margin: 1.2rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -57,6 +57,7 @@ def inline_markdown(text: str) -> str:
 
 
 def table_html(table: Table, sortable: bool = True) -> str:
+    """A sortable table (each cell's sort key in data-sort), or with sortable=False a plain one of facts."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     rows = []
     for row in table.rows:
@@ -64,7 +65,7 @@ def table_html(table: Table, sortable: bool = True) -> str:
             f'<td data-sort="{html.escape("" if c.sort is None else str(c.sort))}">{html.escape(c.text)}</td>'
             for c in row)
         rows.append(f"<tr>{cells}</tr>")
-    css = ' class="sortable"' if sortable else ""
+    css = ' class="sortable"' if sortable else ' class="facts"'
     return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -116,6 +116,11 @@ def memory_breakdown(results: list[MethodResult], path: Path) -> Path:
 
 def pareto(points: dict[str, tuple[float, float]], path: Path, spread: dict[str, list[float]] | None = None,
            labels: dict[str, str] | None = None) -> Path:
+    return _save(pareto_figure(points, spread, labels), path)
+
+
+def pareto_figure(points: dict[str, tuple[float, float]], spread: dict[str, list[float]] | None = None,
+                  labels: dict[str, str] | None = None) -> plt.Figure:
     """Peak memory against final validation loss ({method: (memory MB, loss)}), the front of methods no other
     beats on both drawn as a line; with `spread` ({method: [loss per seed]}, two seeds or more), error bars of
     ± one standard deviation."""
@@ -132,10 +137,14 @@ def pareto(points: dict[str, tuple[float, float]], path: Path, spread: dict[str,
         ax.step([points[m][0] for m in front], [points[m][1] for m in front], where="post", color="black",
                 linestyle="--", linewidth=1, label="Pareto front")
     _finish(ax, "Memory against quality (lower-left is better)", "peak memory (MB)", "final validation loss")
-    return _save(fig, path)
+    return fig
 
 
 def lr_sensitivity(trials: dict[str, list[tuple[float, float]]], path: Path) -> Path:
+    return _save(lr_sensitivity_figure(trials), path)
+
+
+def lr_sensitivity_figure(trials: dict[str, list[tuple[float, float]]]) -> plt.Figure:
     """Validation loss against the learning rate ({method: [(lr, loss), ...]}), log scale, each method's best
     lr ringed."""
     colour = colours(list(trials))
@@ -147,4 +156,4 @@ def lr_sensitivity(trials: dict[str, list[tuple[float, float]]], path: Path) -> 
         ax.scatter(*best, s=160, facecolors="none", edgecolors=colour[method], linewidths=1.5)
     ax.set_xscale("log")
     _finish(ax, "Learning-rate sensitivity (ringed: the best lr)", "learning rate", "validation loss")
-    return _save(fig, path)
+    return fig

@@ -69,6 +69,10 @@ def summary(results: list[MethodResult]) -> Table:
     return Table(header, rows)
 
 
+def target_heading(target: float) -> str:
+    return f"Time and tokens to AdamW's validation loss at its last evaluation ({target:.4f})"
+
+
 def to_target_table(rows: list[ToTarget]) -> Table:
     header = ["Method", "Reached at Step", "Tokens", "Seconds", "Speed-up (tokens)", "Speed-up (time)"]
     body = []
@@ -86,10 +90,11 @@ def megabytes(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
-def _measured_and_estimate(measured: float | None, estimate: float | None) -> Cell:
+def _measured_and_estimate(measured: float | None, estimate: float | None, at_least: bool = False) -> Cell:
     if measured is None:
         return number(None, "")
-    return Cell(megabytes(measured) + ("" if estimate is None else f" ({megabytes(estimate)})"), measured)
+    shown = ("≥" if at_least else "") + megabytes(measured) + ("" if estimate is None else f" ({megabytes(estimate)})")
+    return Cell(shown, measured)
 
 
 def breakdown_table(results: list[MethodResult]) -> Table:
@@ -102,7 +107,8 @@ def breakdown_table(results: list[MethodResult]) -> Table:
         measured, estimate = parts(r), parts(r, estimate=True)
         rows.append([
             text(r.method), number(r.breakdown_step, "d"),
-            *(_measured_and_estimate(measured[p], estimate[p]) for p in PART_NAMES),
+            *(_measured_and_estimate(measured[p], estimate[p], r.checkpointed and p == MemoryPart.ACTIVATIONS)
+              for p in PART_NAMES),
             *(_measured_and_estimate(r.breakdown.get(key), None) for key in (Metric.RUNTIME_MB, Metric.REST_MB,
                                                                               Metric.STEP_PEAK_MB)),
         ])
@@ -137,7 +143,8 @@ def notes(comparison: Comparison, target: float | None) -> list[str]:
         "the gradients when backward ends, of the optimizer state, and the most bytes autograd's saved tensors held "
         "at once (peak activations; the fused loss's gradients count here). In brackets each part's formula from "
         "the shapes (none for activations under autocast, gradient checkpointing, or with frozen or "
-        "reparameterized tensors). Runtime: what the process held going into the step beyond those tensors "
+        "reparameterized tensors; ≥: under gradient checkpointing the checkpointed layers' own tensors are held "
+        "by torch outside autograd's saved tensors, so the figure is a lower bound). Runtime: what the process held going into the step beyond those tensors "
         "(resident memory on CPU: Python, the libraries, the data, memory the allocator kept; allocated memory on "
         "CUDA). Rest: the step's own peak minus the runtime and the parts: the step's temporaries and what the "
         "allocator took beyond them (gradients and activations do not all coexist, so it is a lower bound).",
