@@ -30,6 +30,8 @@ def git_commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
+    if not (PROJECT_ROOT / ".git").exists():  # installed from a wheel: whatever repository holds it is not ours
+        return ""
     try:
         commit = git("rev-parse", "HEAD")
         return commit + (" (modified)" if git("status", "--porcelain", "--untracked-files=no") else "")

@@ -300,3 +300,23 @@ def test_bad_input_is_one_clear_error_and_nothing_starts(args, message, tmp_path
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err and "usage:" not in err, err
     assert set(tmp_path.iterdir()) == before, "no store, no results folder, nothing else"
+
+
+def test_a_rewritten_report_replaces_the_results_table_rather_than_appending(tracking_uri):
+    """A resumed comparison writes its report again: MLflow's log_table alone would append a second set of rows."""
+    from memopt.report import Report
+    from memopt.report.gather import Comparison, MethodResult
+    from tasks.report import log_results_table
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("t")).info.run_id
+
+    def report(*statuses: str) -> Report:
+        results = [MethodResult(m, s, "") for m, s in zip(("adamw", "galore"), statuses)]
+        return Report(Comparison(run, "1", tracking_uri, 0, {}, {}, results), None, [])
+
+    log_results_table(client, run, report("FINISHED", "FAILED"))
+    log_results_table(client, run, report("FINISHED", "FINISHED"))
+    table = client.load_table(client.get_run(run).info.experiment_id, RESULTS_TABLE, run_ids=[run])
+    assert list(table["method"]) == ["adamw", "galore"] and list(table["status"]) == ["FINISHED", "FINISHED"]
+    assert RESULTS_TABLE in client.get_run(run).data.tags["mlflow.loggedArtifacts"], "MLflow knows it as a table"

@@ -92,7 +92,8 @@ def _figures(report: Report, out_dir: Path, lr_trials: dict | None, seed_losses:
                     "Peak memory against final validation loss; the dashed line is the Pareto front "
                     f"({', '.join(pareto_front(points)) or 'no method finished'})."),
         html.Figure(plots.memory_breakdown(results, out_dir / BREAKDOWN_PLOT),
-                    "Where one training step's memory goes, measured (the table above gives each part's formula)."),
+                    "Where one training step's memory goes, measured: left its whole peak, right its tensors alone "
+                    "(the diamond: the sum of their formulas; the table above gives each)."),
         html.Figure(plots.loss_vs_tokens_and_time(results, report.target, out_dir / TOKENS_TIME_PLOT),
                     "Validation loss against tokens and against the training steps' seconds; dotted: the target."),
         html.Figure(plots.loss_curves(results, out_dir / LOSS_PLOT), "Training and validation loss per optimizer step."),

@@ -66,7 +66,7 @@ def loss_vs_tokens_and_time(results: list[MethodResult], target: float | None, p
                      color=colour[r.method])
     for ax in (ax_tokens, ax_time):
         if target is not None:
-            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target: AdamW's final {target:.3f}")
+            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target: AdamW's last, {target:.3f}")
     _finish(ax_tokens, "Validation loss against tokens", "tokens trained", "validation loss")
     _finish(ax_time, "Validation loss against time", "training seconds (steps only)", "validation loss")
     return _save(fig, path)
@@ -88,29 +88,41 @@ def memory_over_time(results: list[MethodResult], path: Path) -> Path:
     return _save(fig, path)
 
 
-def memory_breakdown(results: list[MethodResult], path: Path) -> Path:
-    """One stacked bar per method: runtime, weights, gradients, optimizer state, peak activations and the rest
-    of the measured step's peak; a tick at the whole process's peak."""
-    shown = [r for r in results if r.breakdown]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 3), 5))
-    segments = {"Runtime": ("lightgrey", lambda r: r.breakdown.get(Metric.RUNTIME_MB, 0.0)),
-                **{name: (None, lambda r, p=part: parts(r)[p] or 0.0) for part, name in PART_NAMES.items()},
-                "Rest": ("white", lambda r: max(0.0, r.breakdown.get(Metric.REST_MB, 0.0)))}
-    x = range(len(shown))
+def _stack(ax: plt.Axes, shown: list[MethodResult], segments: dict) -> list[float]:
+    """Stacked bars, one per method, of `segments` ({name: (colour, hatch, value(r))}); returns the tops."""
     bottom = [0.0] * len(shown)
-    for name, (colour, value) in segments.items():
+    for name, (colour, hatch, value) in segments.items():
         heights = [value(r) for r in shown]
-        ax.bar(x, heights, bottom=bottom, label=name, color=colour, edgecolor="black", linewidth=0.5,
-               hatch="//" if name == "Rest" else None)
+        ax.bar(range(len(shown)), heights, bottom=bottom, label=name, color=colour, hatch=hatch, edgecolor="black",
+               linewidth=0.5)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    peaks = [r.peak_mb for r in shown]
-    if any(p is not None for p in peaks):
-        ax.scatter([i for i, p in zip(x, peaks) if p is not None], [p for p in peaks if p is not None], marker="_",
-                   s=900, color="black", zorder=3, label="whole process's peak")
-    ax.set_xticks(list(x), [r.label for r in shown], rotation=20, ha="right")
-    step = next((r.breakdown_step for r in shown if r.breakdown_step), None)
-    _finish(ax, f"Where step {step}'s memory goes", "", "MB")
+    ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right")
     ax.set_ylim(bottom=0)
+    return bottom
+
+
+def memory_breakdown(results: list[MethodResult], path: Path) -> Path:
+    """Left: one stacked bar per method of the measured step's peak: runtime, weights, gradients, optimizer
+    state, peak activations and the rest, with a tick at the whole process's peak. Right: the four parts
+    alone (what the method changes), a diamond at the sum of their formulas."""
+    shown = [r for r in results if r.breakdown]
+    fig, (ax_all, ax_parts) = plt.subplots(1, 2, figsize=(max(10.0, 2.4 * len(shown) + 5), 5.2))
+    tensors = {name: (None, None, lambda r, p=part: parts(r)[p] or 0.0) for part, name in PART_NAMES.items()}
+    _stack(ax_all, shown, {"Runtime": ("lightgrey", None, lambda r: r.breakdown.get(Metric.RUNTIME_MB, 0.0)), **tensors,
+                           "Rest": ("white", "//", lambda r: max(0.0, r.breakdown.get(Metric.REST_MB, 0.0)))})
+    peaks = [(i, r.peak_mb) for i, r in enumerate(shown) if r.peak_mb is not None]
+    if peaks:
+        ax_all.scatter(*zip(*peaks), marker="_", s=900, color="black", zorder=3, label="whole process's peak")
+    _stack(ax_parts, shown, tensors)
+    formulas = [(i, sum(e.values())) for i, e in enumerate(parts(r, estimate=True) for r in shown) if None not in e.values()]
+    if formulas:
+        ax_parts.scatter(*zip(*formulas), marker="D", s=40, facecolors="none", edgecolors="black", zorder=3,
+                         label="sum of the formulas")
+    step = next((r.breakdown_step for r in shown if r.breakdown_step), None)
+    _finish(ax_all, f"Step {step}'s peak, whole", "", "MB")
+    _finish(ax_parts, "Its tensors", "", "MB")
+    for ax, scale in ((ax_all, 0.3), (ax_parts, 1.0)):  # the peak's tick is 30 points wide
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=scale)
     return _save(fig, path)
 
 
