@@ -187,10 +187,11 @@ class StepMemory:
     def _reading(self) -> dict[str, int]:
         return {"rss": rss_bytes(), **({"cuda_allocated": torch.cuda.memory_allocated()} if self.cuda else {})}
 
-    def _tensors(self) -> int:
-        """Bytes of the weights, the optimizer state and the gradients that exist now."""
-        return (storage_bytes([*self.model.parameters(), *self.model.buffers()]) + optimizer_state_bytes(self.optimizer)
-                + storage_bytes(p.grad for p in self.model.parameters()))
+    def _weights(self) -> int:
+        return storage_bytes([*self.model.parameters(), *self.model.buffers()])
+
+    def _gradients_now(self) -> int:
+        return storage_bytes(p.grad for p in self.model.parameters())
 
     @contextlib.contextmanager
     def measuring(self, step: int) -> Iterator[None]:
@@ -199,8 +200,12 @@ class StepMemory:
             return
         expected = estimate(self.model, self.optimizer, self.activation_shape)  # the trainable tensors of now
         self._boundaries = {"step_start": self._reading()}
-        runtime = self._boundaries["step_start"]["cuda_allocated" if self.cuda else "rss"] - self._tensors()
-        reset_cuda_peak() if self.cuda else reset_peak_rss()
+        tensors = self._weights() + optimizer_state_bytes(self.optimizer) + self._gradients_now()
+        runtime = self._boundaries["step_start"]["cuda_allocated" if self.cuda else "rss"] - tensors
+        if self.cuda:
+            reset_cuda_peak()
+        else:
+            reset_peak_rss()
         with SavedTensorMeter(exclude=self.model.parameters()) as meter:
             self._meter = meter
             try:
@@ -209,10 +214,9 @@ class StepMemory:
                 self._meter = None
         # since the reset (where the kernel refused it, the process's peak so far: an upper bound)
         peak = torch.cuda.max_memory_allocated() if self.cuda else rss_high_water_bytes()
-        weights = storage_bytes([*self.model.parameters(), *self.model.buffers()])
         self._result = Breakdown(
             step, "cuda" if self.cuda else "cpu",
-            measured={MemoryPart.WEIGHTS: weights, MemoryPart.GRADIENTS: self._gradients,
+            measured={MemoryPart.WEIGHTS: self._weights(), MemoryPart.GRADIENTS: self._gradients,
                       MemoryPart.OPTIMIZER_STATE: optimizer_state_bytes(self.optimizer),
                       MemoryPart.ACTIVATIONS: meter.peak},
             estimate={**expected, MemoryPart.OPTIMIZER_STATE: self.expected_state()},
@@ -225,7 +229,7 @@ class StepMemory:
             return
         self._boundaries[phase] = self._reading()
         if phase == "backward":
-            self._gradients = storage_bytes(p.grad for p in self.model.parameters())
+            self._gradients = self._gradients_now()
 
     def take(self) -> Breakdown | None:
         result, self._result = self._result, None

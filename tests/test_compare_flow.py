@@ -5,6 +5,7 @@ import base64
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -66,7 +67,6 @@ def test_each_child_has_every_step_memory_samples_and_the_model(finished_compari
 
 
 def test_every_method_model_loads_through_mlflow_and_generates(finished_comparison):
-    import mlflow
     import mlflow.transformers
 
     _, client, tmp = finished_comparison
@@ -95,7 +95,6 @@ def test_the_best_method_model_is_registered_under_the_given_name(finished_compa
     assert version.run_id == best.info.run_id
     [output] = client.get_run(best.info.run_id).outputs.model_outputs
     assert version.source == client.get_logged_model(output.model_id).artifact_location
-    import mlflow
     import mlflow.transformers
 
     mlflow.set_tracking_uri(str(client.tracking_uri))
@@ -160,6 +159,7 @@ def test_report_lists_every_method_and_is_logged_to_the_parent(finished_comparis
     assert set(pngs) <= logged and len(pngs) >= 5
     inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs
     assert inputs, "the tokenized dataset is logged as an input of the parent run"
+    mlflow.set_tracking_uri(str(client.tracking_uri))  # load_table searches the runs through the fluent API's store
     results = client.load_table(parent.info.experiment_id, RESULTS_TABLE, run_ids=[parent.info.run_id])
     assert sorted(results["method"]) == ["adamw", "blockllm", "galore"]
 
@@ -317,6 +317,7 @@ def test_a_rewritten_report_replaces_the_results_table_rather_than_appending(tra
 
     log_results_table(client, run, report("FINISHED", "FAILED"))
     log_results_table(client, run, report("FINISHED", "FINISHED"))
+    mlflow.set_tracking_uri(tracking_uri)  # load_table searches the runs through the fluent API's store
     table = client.load_table(client.get_run(run).info.experiment_id, RESULTS_TABLE, run_ids=[run])
     assert list(table["method"]) == ["adamw", "galore"] and list(table["status"]) == ["FINISHED", "FINISHED"]
     assert RESULTS_TABLE in client.get_run(run).data.tags["mlflow.loggedArtifacts"], "MLflow knows it as a table"
