@@ -12,7 +12,7 @@ kernel's high-water mark (VmHWM) after step 1 and, after resetting it through
 backward with every non-embedding tensor trainable (its first selection), a transient the later
 steps do not have. Step 2 is also measured by the engine's own probe (memopt/breakdown.py): the
 exact bytes of the weights, gradients, optimizer state and peak activations, each beside its
-formula, what the process held beyond them going in (runtime) and the rest of the step's peak.
+formula, the baseline (runtime) and the rest of the step's peak.
 Methods run one after another (round-robin over `--reps`): memory does not depend on the load,
 but the load is recorded anyway.
 """
@@ -67,7 +67,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     opt = optim.build(name, model, **all_hp)
     loss_of = (lambda x: model(input_ids=x, labels=x).loss) if transformers_loss else CausalLMLoss(model)
     # the activation formula counts the engine's fused loss
-    probe = StepMemory(model, opt, torch.device("cpu"), lambda: optim.expected_state_bytes(name, model, **all_hp),
+    probe = StepMemory(model, opt, torch.device("cpu"), baseline, lambda: optim.expected_state_bytes(name, model, **all_hp),
                        None if transformers_loss else (batch, seq))
     probe.at_step = min(2, steps)
     gen = torch.Generator().manual_seed(0)
@@ -154,9 +154,9 @@ def breakdown_section(methods: list[str], runs: dict[str, list[dict]]) -> str:
         "optimizer state after the step, and the most bytes autograd's saved tensors held at once (peak "
         "activations, the fused loss's gradients included); in brackets each part's formula from the shapes (the "
         "activation count of memopt.breakdown.activation_bytes; none with frozen or reparameterized tensors or "
-        "transformers' loss). Runtime = RSS at the step's start minus the weights and state then (Python, the "
-        "libraries, memory the allocator kept from step 1); rest = the step's own VmHWM (reset at its start) minus "
-        "the runtime and the four parts (temporaries, allocator slack; gradients and activations do not all "
+        "transformers' loss). Runtime = the baseline, RSS right before the model is built (Python, torch, "
+        "transformers); rest = the step's own VmHWM (reset at its start) minus the runtime and the four parts "
+        "(temporaries, code loaded since, freed memory glibc keeps resident; gradients and activations do not all "
         "coexist, so it is a lower bound). Medians over the runs.\n\n" + markdown_table(header, rows)
     )
 

@@ -15,12 +15,12 @@ other step the probe does nothing):
   inputs and their recomputed tensors itself, outside these hooks;
 - the step's peak: on CPU the kernel's high-water mark of the resident set over this step alone (reset at the
   step's start, memopt.monitor.reset_peak_rss), on CUDA torch's peak of allocated memory over the step;
-- runtime: what the process holds going into the step that is none of those tensors: the reading at the step's
-  start (RSS on CPU: Python, the libraries, the data, freed memory the allocator kept; allocated bytes on CUDA)
-  minus the weights, optimizer state and gradients then;
-- the rest: the step's peak minus the runtime and the four parts: the step's temporaries and what the
-  allocator takes beyond them. Gradients and activations do not all coexist (backward frees activations as it
-  makes gradients), so the rest is a lower bound of that overhead.
+- runtime: what the process held right before the model was built (the trainer's reading: RSS on CPU, i.e.
+  Python, the libraries and the tokenized data; allocated bytes on CUDA, normally 0);
+- the rest: the step's peak minus the runtime and the four parts: temporaries, code loaded since, and memory
+  the allocator keeps (glibc holds freed tensors resident; torch's CUDA cache is not in the allocated figure).
+  Gradients and activations do not all coexist (backward frees activations as it makes gradients), so the
+  rest is a lower bound of that overhead.
 
 Beside each measured part, its analytic estimate from the shapes (`estimate`): parameters × dtype size; the
 trainable parameters for gradients; the method's registered formula for the state
@@ -150,7 +150,7 @@ class Breakdown:
     device: str
     measured: dict[str, int]
     estimate: dict[str, int | None]
-    runtime: int  # the step's starting reading minus the tensors then
+    runtime: int  # the reading right before the model was built
     peak: int  # the step's own peak: RSS high-water mark (CPU), peak allocated (CUDA)
     boundaries: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> reading -> bytes
 
@@ -174,9 +174,9 @@ class StepMemory:
     """The trainer's probe: `measuring(step)` around a training step and `boundary(phase)` at its phase
     boundaries measure the step `at_step` and do nothing on the others; the result is `take()`n once."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, runtime_bytes: int,
                  expected_state: Callable[[], int], activation_shape: tuple[int, int] | None):
-        self.model, self.optimizer, self.cuda = model, optimizer, device.type == "cuda"
+        self.model, self.optimizer, self.cuda, self.runtime = model, optimizer, device.type == "cuda", runtime_bytes
         self.expected_state, self.activation_shape = expected_state, activation_shape
         self.at_step = 0  # set by the trainer before its loop
         self._meter: SavedTensorMeter | None = None
@@ -186,9 +186,6 @@ class StepMemory:
 
     def _reading(self) -> dict[str, int]:
         return {"rss": rss_bytes(), **({"cuda_allocated": torch.cuda.memory_allocated()} if self.cuda else {})}
-
-    def _weights(self) -> int:
-        return storage_bytes([*self.model.parameters(), *self.model.buffers()])
 
     def _gradients_now(self) -> int:
         return storage_bytes(p.grad for p in self.model.parameters())
@@ -200,8 +197,6 @@ class StepMemory:
             return
         expected = estimate(self.model, self.optimizer, self.activation_shape)  # the trainable tensors of now
         self._boundaries = {"step_start": self._reading()}
-        tensors = self._weights() + optimizer_state_bytes(self.optimizer) + self._gradients_now()
-        runtime = self._boundaries["step_start"]["cuda_allocated" if self.cuda else "rss"] - tensors
         if self.cuda:
             reset_cuda_peak()
         else:
@@ -216,11 +211,12 @@ class StepMemory:
         peak = torch.cuda.max_memory_allocated() if self.cuda else rss_high_water_bytes()
         self._result = Breakdown(
             step, "cuda" if self.cuda else "cpu",
-            measured={MemoryPart.WEIGHTS: self._weights(), MemoryPart.GRADIENTS: self._gradients,
+            measured={MemoryPart.WEIGHTS: storage_bytes([*self.model.parameters(), *self.model.buffers()]),
+                      MemoryPart.GRADIENTS: self._gradients,
                       MemoryPart.OPTIMIZER_STATE: optimizer_state_bytes(self.optimizer),
                       MemoryPart.ACTIVATIONS: meter.peak},
             estimate={**expected, MemoryPart.OPTIMIZER_STATE: self.expected_state()},
-            runtime=runtime, peak=peak, boundaries=self._boundaries,
+            runtime=self.runtime, peak=peak, boundaries=self._boundaries,
         )
 
     def boundary(self, phase: str) -> None:

@@ -79,6 +79,7 @@ class Trainer:
         self.global_batch = self.opts.global_batch_size
         self.steps = total_steps(self.opts.max_steps, self.opts.epochs, len(self.train_blocks), self.global_batch)
         self.rss_before_model = rss_bytes()  # Python, the libraries and the data: the baseline of "training memory"
+        cuda_before_model = torch.cuda.memory_allocated() if world.device.type == "cuda" else 0
         self.model = self._build_model()
         self.hp = {
             **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches),
@@ -96,7 +97,7 @@ class Trainer:
         self.best = BestTracker(self.opts.metric_for_best_model)
         plain = not (self.recipe.mixed_precision or self.recipe.gradient_checkpointing)  # the activation formula's case
         self.memory = StepMemory(
-            self.model, self.optimizer, world.device,
+            self.model, self.optimizer, world.device, cuda_before_model or self.rss_before_model,
             lambda: optim.expected_state_bytes(self.recipe.optimizer, self.model, **self.hp),
             (self.opts.batch_size // self.chunks, self.train_blocks.shape[1]) if plain else None,
         )

@@ -144,10 +144,11 @@ def notes(comparison: Comparison, target: float | None) -> list[str]:
         "at once (peak activations; the fused loss's gradients count here). In brackets each part's formula from "
         "the shapes (none for activations under autocast, gradient checkpointing, or with frozen or "
         "reparameterized tensors; ≥: under gradient checkpointing the checkpointed layers' own tensors are held "
-        "by torch outside autograd's saved tensors, so the figure is a lower bound). Runtime: what the process held going into the step beyond those tensors "
-        "(resident memory on CPU: Python, the libraries, the data, memory the allocator kept; allocated memory on "
-        "CUDA). Rest: the step's own peak minus the runtime and the parts: the step's temporaries and what the "
-        "allocator took beyond them (gradients and activations do not all coexist, so it is a lower bound).",
+        "by torch outside autograd's saved tensors, so the figure is a lower bound). Runtime: what the process "
+        "held right before the model was built (resident memory on CPU: Python, the libraries, the data; "
+        "allocated memory on CUDA). Rest: the step's own peak minus the runtime and the parts: temporaries, code "
+        "loaded since, memory the allocator keeps (gradients and activations do not all coexist, so it is a "
+        "lower bound).",
     ]
     return items
 
