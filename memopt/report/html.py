@@ -66,7 +66,8 @@ def table_html(table: Table, sortable: bool = True) -> str:
             for c in row)
         rows.append(f"<tr>{cells}</tr>")
     css = ' class="sortable"' if sortable else ' class="facts"'
-    return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(table.header) else ""
+    return f"<table{css}>{thead}<tbody>{''.join(rows)}</tbody></table>"
 
 
 def figure_html(figure: Figure) -> str:
