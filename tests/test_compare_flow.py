@@ -183,8 +183,8 @@ def test_sweep_and_seed_plots_are_drawn_only_when_given_data(finished_comparison
     [parent] = parent_runs(client)
     assert not (tmp / "results" / LR_PLOT).exists()
     report = write_report(str(client.tracking_uri), parent.info.run_id, tmp_path,
-                          lr_trials={"adamw": [(1e-3, 6.6), (3e-3, 6.4)], "galore": [(1e-2, 5.7), (3e-2, 5.9)]},
-                          seed_losses={"adamw": [6.5, 6.52, 6.49]})
+                          lr_trials={"adamw": [(1e-3, 6.6), (3e-3, 6.4)], "galore": [(1e-2, 5.7), (3e-2, None)]},
+                          seed_losses={"adamw": [6.5, 6.52, 6.49]}, seed_peaks={"adamw": [700.0, 710.0, 705.0]})
     assert tmp_path / LR_PLOT in report.files
     parser = PageParser()
     parser.feed((tmp_path / HTML).read_text())

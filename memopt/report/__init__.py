@@ -5,8 +5,8 @@
 
 Modules by idea: gather (MLflow -> MethodResult), analysis (Pareto front, time to target), tables, plots,
 html. The lr-sensitivity plot and the Pareto plot's seed error bars take plain inputs
-(`lr_trials={method: [(lr, val_loss), ...]}`, `seed_losses={method: [final val loss per seed]}`) and are
-drawn only when given data.
+(`lr_trials={method: [(lr, val_loss or None), ...]}`, `seed_losses={method: [final val loss per seed]}`,
+`seed_peaks={method: [peak memory MB per seed]}`) and are drawn only when given data.
 """
 from __future__ import annotations
 
@@ -83,12 +83,14 @@ def commands(comparison: Comparison, out_dir: Path) -> list[str]:
     return [command_line(cfg), rebuild]
 
 
-def _figures(report: Report, out_dir: Path, lr_trials: dict | None, seed_losses: dict | None) -> list[html.Figure]:
+def _figures(report: Report, out_dir: Path, lr_trials: dict | None, seed_losses: dict | None,
+             seed_peaks: dict | None) -> list[html.Figure]:
     results = report.results
     points = {r.method: (r.peak_mb, r.val_loss) for r in results
               if r.status == "FINISHED" and r.peak_mb is not None and r.val_loss is not None}
     figures = [
-        html.Figure(plots.pareto(points, out_dir / PARETO_PLOT, seed_losses, {r.method: r.label for r in results}),
+        html.Figure(plots.pareto(points, out_dir / PARETO_PLOT, seed_losses, {r.method: r.label for r in results},
+                                 seed_peaks),
                     "Peak memory against final validation loss; the dashed line is the Pareto front "
                     f"({', '.join(pareto_front(points)) or 'no method finished'})."),
         html.Figure(plots.memory_breakdown(results, out_dir / BREAKDOWN_PLOT),
@@ -101,9 +103,9 @@ def _figures(report: Report, out_dir: Path, lr_trials: dict | None, seed_losses:
                     "Each training process's resident memory as sampled; dashed: its exact peak (the kernel's "
                     "high-water mark, which the samples can miss)."),
     ]
-    if lr_trials and any(len(points) >= 2 for points in lr_trials.values()):
+    if lr_trials and any(sum(loss is not None for _, loss in trials) >= 2 for trials in lr_trials.values()):
         figures.append(html.Figure(plots.lr_sensitivity(lr_trials, out_dir / LR_PLOT),
-                                   "Validation loss of each lr trial; ringed: the lr each method kept."))
+                                   "Validation loss of each lr trial; ringed: the best, the lr each method kept; x: a trial that failed."))
     return figures
 
 
@@ -137,15 +139,16 @@ def _html(report: Report, figures: list[html.Figure], cmds: list[str]) -> str:
 
 
 def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path, *, run_link: str | None = None,
-                 lr_trials: dict[str, list[tuple[float, float]]] | None = None,
-                 seed_losses: dict[str, list[float]] | None = None) -> Report:
+                 lr_trials: dict[str, list[tuple[float, float | None]]] | None = None,
+                 seed_losses: dict[str, list[float]] | None = None,
+                 seed_peaks: dict[str, list[float]] | None = None) -> Report:
     """Write the Markdown report, the HTML page and the plots into `out_dir`. `run_link`: how the Markdown names
     the parent run (e.g. a link to the MLflow UI); the HTML names it by id only (no external URL)."""
     comparison = gather(tracking_uri, parent_run_id)
     target, reached = to_target(comparison)
     report = Report(comparison, target, reached)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _figures(report, out_dir, lr_trials, seed_losses)
+    figures = _figures(report, out_dir, lr_trials, seed_losses, seed_peaks)
     cmds = commands(comparison, out_dir)
     table, page = out_dir / TABLE, out_dir / HTML
     table.write_text(_markdown(report, figures, run_link or f"`{parent_run_id}`", cmds))

@@ -3,6 +3,7 @@ learning rate. The Pareto and lr-sensitivity plots take plain numbers, so any so
 seeds, an lr sweep) can feed them."""
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -127,22 +128,30 @@ def memory_breakdown(results: list[MethodResult], path: Path) -> Path:
 
 
 def pareto(points: dict[str, tuple[float, float]], path: Path, spread: dict[str, list[float]] | None = None,
-           labels: dict[str, str] | None = None) -> Path:
-    return _save(pareto_figure(points, spread, labels), path)
+           labels: dict[str, str] | None = None, memory_spread: dict[str, list[float]] | None = None) -> Path:
+    return _save(pareto_figure(points, spread, labels, memory_spread), path)
+
+
+def _sd(values: list[float] | None) -> float | None:
+    """The sample standard deviation of the finite values, None under two (no spread to draw)."""
+    finite = [v for v in values or [] if v is not None and math.isfinite(v)]
+    return statistics.stdev(finite) if len(finite) >= 2 else None
 
 
 def pareto_figure(points: dict[str, tuple[float, float]], spread: dict[str, list[float]] | None = None,
-                  labels: dict[str, str] | None = None) -> plt.Figure:
-    """Peak memory against final validation loss ({method: (memory MB, loss)}), the front of methods no other
-    beats on both drawn as a line; with `spread` ({method: [loss per seed]}, two seeds or more), error bars of
-    ± one standard deviation."""
+                  labels: dict[str, str] | None = None,
+                  memory_spread: dict[str, list[float]] | None = None) -> plt.Figure:
+    """Peak memory against final validation loss ({method: (memory MB, loss)}, with seeds their means), the
+    front of methods no other beats on both drawn as a line; error bars of ± one standard deviation where a
+    method has two seeds or more: vertical from `spread` ({method: [loss per seed]}), horizontal from
+    `memory_spread` ({method: [peak MB per seed]})."""
     colour = colours(list(points))
     fig, ax = plt.subplots(figsize=(8, 5))
     for method, (memory, loss) in points.items():
-        seeds = (spread or {}).get(method, [])
-        yerr = statistics.stdev(seeds) if len(seeds) >= 2 else None
-        ax.errorbar(memory, loss, yerr=yerr, fmt="o", capsize=4, color=colour[method],
-                    label=(labels or {}).get(method, method) + (f" (± sd of {len(seeds)} seeds)" if yerr is not None else ""))
+        yerr, xerr = _sd((spread or {}).get(method)), _sd((memory_spread or {}).get(method))
+        n = max(len((spread or {}).get(method, [])), len((memory_spread or {}).get(method, [])))
+        ax.errorbar(memory, loss, yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=colour[method],
+                    label=(labels or {}).get(method, method) + (f" (± sd of {n} seeds)" if (yerr, xerr) != (None, None) else ""))
         ax.annotate(method, (memory, loss), textcoords="offset points", xytext=(6, 6), fontsize="small")
     front = pareto_front(points)
     if front:
@@ -152,20 +161,25 @@ def pareto_figure(points: dict[str, tuple[float, float]], spread: dict[str, list
     return fig
 
 
-def lr_sensitivity(trials: dict[str, list[tuple[float, float]]], path: Path) -> Path:
+def lr_sensitivity(trials: dict[str, list[tuple[float, float | None]]], path: Path) -> Path:
     return _save(lr_sensitivity_figure(trials), path)
 
 
-def lr_sensitivity_figure(trials: dict[str, list[tuple[float, float]]]) -> plt.Figure:
-    """Validation loss against the learning rate ({method: [(lr, loss), ...]}), log scale, each method's best
-    lr ringed."""
+def lr_sensitivity_figure(trials: dict[str, list[tuple[float, float | None]]]) -> plt.Figure:
+    """Validation loss against the learning rate ({method: [(lr, loss), ...]}, loss None or not finite for a
+    trial that failed, e.g. diverged), log scale, each method's best lr ringed, failed trials an x along the top."""
     colour = colours(list(trials))
     fig, ax = plt.subplots(figsize=(8, 5))
     for method, points in trials.items():
-        points = sorted(points)
-        ax.plot(*zip(*points), marker="o", label=method, color=colour[method])
-        best = min(points, key=lambda p: p[1])
-        ax.scatter(*best, s=160, facecolors="none", edgecolors=colour[method], linewidths=1.5)
+        scored = sorted((lr, loss) for lr, loss in points if loss is not None and math.isfinite(loss))
+        failed = sorted(lr for lr, loss in points if loss is None or not math.isfinite(loss))
+        if scored:
+            ax.plot(*zip(*scored), marker="o", label=method, color=colour[method])
+            ax.scatter(*min(scored, key=lambda p: p[1]), s=160, facecolors="none", edgecolors=colour[method],
+                       linewidths=1.5)
+        if failed:
+            ax.plot(failed, [0.97] * len(failed), "x", color=colour[method], markersize=9, linestyle="none",
+                    transform=ax.get_xaxis_transform(), label=f"{method}: failed trial")
     ax.set_xscale("log")
-    _finish(ax, "Learning-rate sensitivity (ringed: the best lr)", "learning rate", "validation loss")
+    _finish(ax, "Learning-rate sensitivity (ringed: the best lr; x: a failed trial)", "learning rate", "validation loss")
     return fig

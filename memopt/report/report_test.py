@@ -66,13 +66,16 @@ def test_accuracy_has_a_column_only_when_some_method_answers():
 
 def test_pareto_plot_draws_seed_spread_as_error_bars_and_the_front():
     points = {"adamw": (100.0, 3.0), "galore": (80.0, 3.2), "blockllm": (90.0, 3.5)}
-    fig = pareto_figure(points, spread={"adamw": [2.9, 3.0, 3.1], "galore": [3.2]})
+    fig = pareto_figure(points, spread={"adamw": [2.9, 3.0, 3.1], "galore": [3.2]},
+                        memory_spread={"adamw": [90.0, 100.0, 110.0], "galore": [80.0]})
     ax = fig.axes[0]
     with_bars = [c for c in ax.containers if c.has_yerr]
-    assert len(with_bars) == 1, "only adamw has two seeds or more"
-    (segments,) = with_bars[0].lines[2]
-    (_, low), (_, high) = segments.get_segments()[0]
+    assert len(with_bars) == 1 and with_bars[0].has_xerr, "only adamw has two seeds or more"
+    x_bars, y_bars = with_bars[0].lines[2]
+    (x_low, _), (x_high, _) = x_bars.get_segments()[0]
+    (_, low), (_, high) = y_bars.get_segments()[0]
     assert (low, high) == pytest.approx((2.9, 3.1))  # mean 3.0 ± sd 0.1
+    assert (x_low, x_high) == pytest.approx((90.0, 110.0))  # mean 100 ± sd 10
     front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
     assert list(front.get_xdata()) == [80.0, 100.0], "galore, then adamw; blockllm is dominated"
     assert any("± sd of 3 seeds" in t.get_text() for t in ax.get_legend().get_texts())
@@ -80,12 +83,13 @@ def test_pareto_plot_draws_seed_spread_as_error_bars_and_the_front():
 
 
 def test_lr_sensitivity_plots_each_sweep_and_rings_its_best():
-    trials = {"adamw": [(1e-2, 3.4), (1e-3, 3.0), (1e-4, 3.6)], "galore": [(1e-2, 3.1), (3e-2, 3.3)]}
+    trials = {"adamw": [(1e-2, 3.4), (1e-3, 3.0), (1e-4, 3.6)], "galore": [(1e-2, 3.1), (3e-2, 3.3), (1e-1, None)]}
     fig = lr_sensitivity_figure(trials)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     curves = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
-    assert curves["adamw"] == sorted(trials["adamw"]) and curves["galore"] == sorted(trials["galore"])
+    assert curves["adamw"] == sorted(trials["adamw"]) and curves["galore"] == sorted(trials["galore"][:2])
+    assert [x for x, _ in curves["galore: failed trial"]] == [1e-1], "a failed trial is marked, not drawn as a loss"
     rings = [tuple(c.get_offsets()[0]) for c in ax.collections]
     assert rings == [pytest.approx((1e-3, 3.0)), pytest.approx((1e-2, 3.1))]
     plt.close(fig)
