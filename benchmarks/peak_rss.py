@@ -170,6 +170,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--section", default="peak_rss",
+                   help="the BENCHMARKS.md section to write: a run over a subset of the methods can go beside the full table")
     p.add_argument("--methods", default=",".join(optim.METHODS))
     p.add_argument("--fixed_mmap", default="adamw,blockllm",
                    help="methods also run with MALLOC_MMAP_THRESHOLD_=65536 (glibc's dynamic threshold off)")
@@ -234,7 +236,8 @@ def main() -> None:
         + markdown_table(header, rows)
         + "\n\n" + breakdown_section(methods, runs)
     )
-    write_section("peak_rss", "Peak RSS per method (own process each)", body)
+    title = "Peak RSS per method (own process each)"
+    write_section(a.section, title if a.section == "peak_rss" else f"{title}: {', '.join(methods)}", body)
     print(body)
 
 
