@@ -25,9 +25,10 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 def torch_adamw_kernel(params: Iterable[torch.Tensor], fused: bool = True) -> dict[str, bool]:
     """torch.optim.AdamW's `fused`/`foreach` flags: the fused kernel where torch has one for these
-    tensors (and `fused` asks for it), else foreach where torch has that, else its single-tensor loop."""
-    use_fused, use_foreach = _default_to_fused_or_foreach(list(params), differentiable=False, use_fused=fused)
-    return {"fused": use_fused, "foreach": use_foreach}
+    tensors (and `fused` asks for it), else foreach (torch's own default on CPU would be its
+    single-tensor loop, about twice as slow as foreach)."""
+    use_fused, _ = _default_to_fused_or_foreach(list(params), differentiable=False, use_fused=fused)
+    return {"fused": use_fused, "foreach": not use_fused}
 
 
 def has_fused_kernel(tensors: Iterable[torch.Tensor]) -> bool:
