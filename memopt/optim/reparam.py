@@ -135,7 +135,8 @@ class SparseLowRankLinear(LowRankLinear):
         self.sparse_value = nn.Parameter(values.to(self.lora_A.device))
 
     def dense_weight(self) -> torch.Tensor:
-        flat = self.low_rank().flatten().index_add(0, self.sparse_index, self.sparse_value)
+        low = self.low_rank().flatten()  # bf16 under autocast: S joins it in that dtype
+        flat = low.index_add(0, self.sparse_index, self.sparse_value.to(low.dtype))
         return flat.view(self.out_features, self.in_features)
 
     def forward(self, x):
