@@ -315,15 +315,15 @@ class StableSPAM(torch.optim.Optimizer):
             ks.append(state["ema_step"] if group["separate_ema_step"] else state["step"])
         grads = [p.grad for p in params]
 
-        max_gs = [max_abs(g).float() for g in grads]
+        max_gs = [max_abs(g) for g in grads]
         m_maxes = [state["m_max"] for state in states]
         torch._foreach_mul_(m_maxes, g3)
         torch._foreach_add_(m_maxes, max_gs, alpha=1.0 - g3)
         m_max_hats = torch._foreach_div(m_maxes, [1.0 - g3**k for k in ks])
         spiking = (torch.stack(max_gs) > torch.stack(m_max_hats)).tolist()  # else no |g| > the hat: nothing to clip
-        grads = [torch.where(g.abs() > hat, g / max_g * hat, g) if spike else g
-                 for g, max_g, hat, spike in zip(grads, max_gs, m_max_hats, spiking)]
-
+        for g, max_g, hat, spike in zip(grads, max_gs, m_max_hats, spiking):
+            if spike:
+                pull_spikes_(g, max_g, hat)
         norms = [n.float() for n in torch._foreach_norm(grads)]
         m_norms, v_norms = [state["m_norm"] for state in states], [state["v_norm"] for state in states]
         torch._foreach_mul_(m_norms, g1)
@@ -347,9 +347,22 @@ class StableSPAM(torch.optim.Optimizer):
 
 
 def max_abs(t: torch.Tensor) -> torch.Tensor:
-    """max |t| in one pass (torch's inf-norm takes several times longer on CPU)."""
+    """max |t| in one pass, fp32 (torch's inf-norm takes several times longer on CPU)."""
     low, high = torch.aminmax(t)
-    return torch.maximum(high, -low)
+    return torch.maximum(high, -low).float()
+
+
+def pull_spikes_(g: torch.Tensor, max_g: torch.Tensor, hat: torch.Tensor) -> None:
+    """Stable-SPAM's clipping in place, g := g / max|g| * hat where |g| > hat: the authors' formula on those
+    entries only (they are few, the ones near the maximum), found chunk by chunk (`SPIKE_CHUNK`) on CPU so the
+    mask stays in cache, where a whole-tensor torch.where writes and reads four temporaries."""
+    if not g.is_contiguous():
+        g.copy_(torch.where(g.abs() > hat, g / max_g * hat, g))
+        return
+    flat = g.view(-1)
+    chunk = SPIKE_CHUNK if g.device.type == "cpu" else max(flat.numel(), 1)
+    index = torch.cat([(flat[s:s + chunk].abs() > hat).nonzero().flatten() + s for s in range(0, flat.numel(), chunk)])
+    flat[index] = flat[index] / max_g * hat
 
 
 # ---- registry ----
