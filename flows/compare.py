@@ -82,7 +82,7 @@ def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     log.info("MLflow parent run %r: %s", config.run_name(), parent_url)
     output = Path(config.output_dir)
     statuses = {method: train_and_evaluate(client, config, parent, method, data_dir, ui) for method in config.methods}
-    report = compare(uri, parent, str(output), parent_url)
+    report = compare(uri, parent, str(output), parent_url, config.register_model_name)
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     close_comparison(client, parent, failed, end_parent=parent != mlflow_run_id)
