@@ -193,7 +193,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         with_grad = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad]) if with_grad else torch.zeros(())
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])  # torchao keeps it as a tensor
         if self.scaler is None or torch.isfinite(norm):  # GradScaler skips inf/NaN steps
             clip_(with_grad, self.opts.grad_clip, norm)
             self.optimizer.step(lambda: loss)
@@ -226,7 +226,9 @@ class Trainer:
                 with distributed.no_sync(self.forward, skip=(a, c) != (accum - 1, self.chunks - 1)):
                     with self.amp:
                         loss = self.forward(micro) / self.micro_batches
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    # loss.backward(), or the optimizer's own (AdaLomo updates inside it: its MethodSpec says so)
+                    optim.backward(self.recipe.optimizer, self.optimizer,
+                                   self.scaler.scale(loss) if self.scaler else loss)
                 loss_sum += loss.detach().float()
         return distributed.mean(loss_sum, world)  # every rank sees (and stops on) the same loss
 
