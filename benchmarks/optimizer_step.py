@@ -11,8 +11,8 @@ hyperparameters (rank = hidden/4) plus the run facts with total_steps = --steps.
 steps, so its periodic work inside that window is amortized; the default 401 is two GaLore/APOLLO projector
 periods of 200 plus the first step of the next (refreshes at steps 1, 201, 401). The table says which periodic
 work falls inside: at the defaults SPAM's reset and LoRO's exact step (500), Stable-SPAM's reset and BlockLLM's
-re-selection check (1000) and ReLoRA's merge (2000) do not. Layer-wise GaLore updates inside backward: listed,
-not timed (see step_time). Methods run interleaved in rounds of --round steps, order rotated each round, the
+re-selection check (1000) and ReLoRA's merge (2000) do not. Methods that update inside backward (layer-wise
+GaLore, AdaLomo) or whose step takes the gradients away (BAdam): listed, not timed (see step_time). Methods run interleaved in rounds of --round steps, order rotated each round, the
 yardstick torch.optim.AdamW(foreach=True) (its own model, 3 untimed warm-up steps) in every round, so load from
 other processes falls on all alike. One model shape at a time (llama-60m, all methods: 12.2 GB peak RSS);
 --group k interleaves k methods at a time, the yardstick in each group, where memory is short.
@@ -35,7 +35,9 @@ from memopt.methods import run_hyperparameters
 from memopt.models import build_model
 from memopt.optim.galore import galore_param_groups
 
-IN_BACKWARD = ("galore-layerwise",)  # updates run in backward hooks: step() alone times nothing
+# step() alone cannot be timed on fixed gradients: the update runs in backward, or the step takes the gradients
+UNTIMED = {**{m: "steps inside backward" for m in optim.METHODS if optim.spec(m).steps_in_backward},
+           "badam": "its step moves the gradients into its fp32 copy of the block (they last one step)"}
 YARDSTICK, FUSED, AUTHORS = "torch AdamW (foreach)", "torch AdamW (fused)", "galore_torch (authors)"
 
 
@@ -114,7 +116,7 @@ def run_model(model_name: str, methods: list[str], a: argparse.Namespace) -> tup
     for _ in range(3):
         yardstick.step()  # state allocation is not a step's cost
         fused.step()
-    timed = [m for m in methods if m not in IN_BACKWARD]
+    timed = [m for m in methods if m not in UNTIMED]
     groups = [timed[i:i + a.group] for i in range(0, len(timed), a.group)] if a.group else [timed]
     times, ratios, fused_ratios, hps, models, yard_times, fused_times = {}, {}, {}, {}, {}, [], []
     for gi, group in enumerate(groups):
@@ -148,8 +150,8 @@ def run_model(model_name: str, methods: list[str], a: argparse.Namespace) -> tup
             [FUSED, "lr=0.001, after 3 warm-up steps", f"{t_fused * 1e3:.1f}", f"{t_fused / t_yard:.3f}", "1.00", "none"]]
     for m in methods:
         settings = ", ".join(f"{k}={v}" for k, v in hps.get(m, {}).items()) or "defaults"
-        if m in IN_BACKWARD:
-            rows.append([m, settings, "—", "—", "—", "steps inside backward: see the whole-step table (`step_time`)"])
+        if m in UNTIMED:
+            rows.append([m, settings, "—", "—", "—", f"{UNTIMED[m]}: see the whole-step table (`step_time`)"])
             continue
         rows.append([m, settings, f"{times[m] * 1e3:.1f}", f"{ratios[m]:.3f}", f"{fused_ratios[m]:.2f}",
                      periodic(m, hps[m], a.steps)])
@@ -172,6 +174,7 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=10, help="steps per method per round")
     ap.add_argument("--group", type=int, default=0, help="methods interleaved at a time (0: all; AdamW in every group)")
     ap.add_argument("--method_args", type=json.loads, default={}, help='the pipeline\'s, e.g. \'{"galore": {"update_proj_gap": 10}}\'')
+    ap.add_argument("--section", default="optimizer_step", help="the BENCHMARKS.md section written (a subset's own)")
     a = ap.parse_args()
     models, methods = [m for m in a.models.split(",") if m], [m for m in a.methods.split(",") if m]
     for m in methods:
@@ -214,7 +217,7 @@ def main() -> None:
             + markdown_table(["shapes", "memopt ms / step", "galore_torch ms / step", "memopt ÷ galore_torch",
                               f"max relative parameter difference after {a.steps} steps"], authors)
         )
-    write_section("optimizer_step", "Optimizer step time per method", body)
+    write_section(a.section, "Optimizer step time per method" + (f" ({a.section})" if a.section != "optimizer_step" else ""), body)
     print(body)
 
 

@@ -66,7 +66,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     for step in range(steps):
         x = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
         loss = loss_of(x)
-        loss.backward()
+        optim.backward(recipe(method).optimizer, opt, loss)  # loss.backward(), or AdaLomo's own
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
         if step == 0:

@@ -42,7 +42,7 @@ def projected_groups(opt: torch.optim.Optimizer) -> list[dict]:
     return [g for g in opt.param_groups if g.get("rank") is not None and "update_proj_gap" in g]
 
 
-def timed_step(loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tensor, refresh: bool = False) -> float:
+def timed_step(method: str, loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tensor, refresh: bool = False) -> float:
     groups = projected_groups(opt) if refresh else []
     gaps = [g["update_proj_gap"] for g in groups]
     for g in groups:
@@ -50,7 +50,7 @@ def timed_step(loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tenso
     try:
         t0 = time.perf_counter()
         loss = loss_of(x)
-        loss.backward()
+        optim.backward(method, opt, loss)
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
@@ -93,7 +93,7 @@ def main() -> None:
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
         loads.append(os.getloadavg()[0])
         for m in labels[rnd % len(labels):] + labels[: rnd % len(labels)]:
-            t = timed_step(*contenders[m][:2], x)
+            t = timed_step(method_of[m], *contenders[m][:2], x)
             if rnd >= 2:
                 times[m].append(t)
     refreshing = [m for m in labels if projected_groups(contenders[m][1])]
@@ -102,7 +102,7 @@ def main() -> None:
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
         loads.append(os.getloadavg()[0])
         for m in refreshing[rnd % len(refreshing):] + refreshing[: rnd % len(refreshing)]:
-            refresh[m].append(timed_step(*contenders[m][:2], x, refresh=True))
+            refresh[m].append(timed_step(method_of[m], *contenders[m][:2], x, refresh=True))
     wall = time.perf_counter() - start
 
     amortized = {}
