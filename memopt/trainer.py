@@ -75,6 +75,8 @@ class Trainer:
         self.recipe = recipe(cfg.method)
         self.chunks = grad_accum_steps(self.recipe, self.opts.batch_size)  # the recipe's micro-batches
         self.micro_batches = self.opts.accumulation_steps * self.chunks
+        if self.micro_batches > 1 and optim.spec(self.recipe.optimizer).owns_backward:  # CompareConfig refuses it first
+            raise ValueError(f"{cfg.method} updates inside its backward: one backward per step, not {self.micro_batches}")
         self.global_batch = self.opts.global_batch_size
         self.steps = total_steps(self.opts.max_steps, self.opts.epochs, len(self.train_blocks), self.global_batch)
         self.model = self._build_model()

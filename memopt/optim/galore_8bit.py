@@ -5,7 +5,8 @@ and updated by bitsandbytes, block-wise 8-bit codes and bitsandbytes' kernels (`
 
 Not galore-torch's class itself: on torch 2.13 and bitsandbytes 0.50 it calls `torch.cuda.synchronize()`
 after every tensor (no CPU run at all), keeps a GaLoreProjector object in the state (a checkpoint that
-`torch.load(weights_only=True)` refuses), and swaps `p.data` for the low-rank gradient during the step.
+`torch.load(weights_only=True)` refuses), swaps `p.data` for the low-rank gradient during the step, and
+passes bitsandbytes' former positional arguments, which 0.50 reads as max_unorm=100 and skip_zeros=True.
 Its update is reproduced (galore_8bit_test.py compares the two with the synchronize call stubbed out):
 - Adam is bitsandbytes' (torch's formula: eps added after the bias correction; galore-torch's 8-bit class
   default eps 1e-8, not the 32-bit class's 1e-6), on the projected gradient; the update it writes into a

@@ -1,7 +1,9 @@
 """galore-8bit against the authors' galore_torch.GaLoreAdamW8bit, which cannot run on a CPU as shipped (it calls
 torch.cuda.synchronize() after each tensor): stubbed out here, it is the reference for the 8-bit update. Its
-32-bit fallback for small moments does not move a projected weight at all here (bitsandbytes 0.50's CPU
-kernel writes through the swapped `p.data` into nothing), so that path is checked against memopt's GaLore."""
+32-bit fallback for small moments does not move a projected weight at all on bitsandbytes 0.50: galore-torch
+passes bitsandbytes' old positional arguments (percentile_clipping=100, block_wise=True), which 0.50 reads as
+max_unorm=100 and skip_zeros=True, and max_unorm caps a 32-bit update at 100 x the norm of the tensor it
+updates, the zeroed low-rank stand-in. That path is checked against memopt's GaLore instead."""
 import warnings
 
 import pytest
