@@ -126,6 +126,7 @@ def main() -> None:
                    help="methods also run with transformers' loss (full logits) instead of the engine's fused one")
     p.add_argument("--transformers_loss", action="store_true", help=argparse.SUPPRESS)  # child only
     p.add_argument("--child", default=None)
+    p.add_argument("--section", default="peak_rss", help="the BENCHMARKS.md section written (a subset's own)")
     a = p.parse_args()
     if a.child:
         print(json.dumps(child(a.child, a.model, a.batch, a.seq, a.steps, a.transformers_loss)))
@@ -180,7 +181,7 @@ def main() -> None:
         "gradients). Each variant row is compared with AdamW run the same way.\n\n"
         + markdown_table(header, rows)
     )
-    write_section("peak_rss", "Peak RSS per method (own process each)", body)
+    write_section(a.section, "Peak RSS per method (own process each)" + (f" ({a.section})" if a.section != "peak_rss" else ""), body)
     print(body)
 
 
