@@ -72,7 +72,7 @@ def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     log_dataset_inputs(TokenizedData(Path(data_dir)), parent, uri)
     output = Path(config.output_dir)
     statuses = {method: train_and_evaluate(client, config, parent, method, data_dir) for method in config.methods}
-    report = compare(uri, parent, str(output))
+    report = compare(uri, parent, str(output), config.register_model_name)
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     close_comparison(client, parent, failed, end_parent=parent != mlflow_run_id)

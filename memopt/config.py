@@ -228,6 +228,9 @@ class CompareConfig(WithTraining):
     retries: int = Field(1, ge=0, le=INT64_MAX,
                          description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
+    register_model_name: str = Field(
+        "", description="a name in the MLflow model registry: the best method's model (lowest final validation "
+        "loss) becomes its newest version (unset: nothing registered)")
 
     @field_validator("methods")
     @classmethod
@@ -242,6 +245,19 @@ class CompareConfig(WithTraining):
         if repeated:
             raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
         return methods
+
+    @field_validator("register_model_name")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        if value:
+            from mlflow.exceptions import MlflowException
+            from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, so the two cannot drift
+
+            try:
+                _validate_model_name(value)
+            except MlflowException as exc:
+                raise ValueError(f"got {value!r}; must be a name MLflow's registry accepts ({exc.message})") from None
+        return value
 
     @model_validator(mode="after")
     def _method_args_name_methods(self) -> "CompareConfig":

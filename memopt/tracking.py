@@ -9,6 +9,7 @@ metrics appear exactly once however often the process was killed.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
 import threading
@@ -22,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from memopt.config import CompareConfig
+from memopt.environment import environment
 from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, Tag
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -143,6 +145,8 @@ def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str
         reopen_run(client, client.get_run(parent))
     if prefect_flow_run_id:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
         client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run_id)
+    # tags, not params: a resume may run on another version, and the report shows the latest
+    client.log_batch(parent, tags=[RunTag(Tag.ENVIRONMENT + k, v) for k, v in environment().items()])
     existing = client.get_run(parent).data.params
     params = {**cfg.as_params(), CONFIG_PARAM: cfg.to_json()}
     fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
@@ -222,3 +226,73 @@ def fail_mlflow_run(reason: str) -> None:
         fail_run(MlflowClient(os.environ.get("MLFLOW_TRACKING_URI")), run_id, f"bad input: {reason}")
     except Exception as exc:  # noqa: BLE001 (the store itself may be what is wrong; the error says so)
         print(f"note: could not end the run {run_id} that mlflow run created: {exc}", file=sys.stderr)
+
+
+# --- Links and models ---------------------------------------------------------------------------
+
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a sqlite store (README)
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: on the tracking server itself, or where `mlflow ui` serves a sqlite store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class _NoHubLookups(logging.Filter):
+    """Our models are trained here, not taken from the hub: MLflow's hub model card and license lookups have
+    nothing to find, and their warnings would come with every model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("The model card could not be retrieved", "Unable to find license information"))
+
+
+def log_model(tracking_uri: str, run_id: str, folder: Path, step: int) -> str:
+    """Log the save_pretrained model in `folder` (with its tokenizer) as the run's MLflow model `model`
+    (transformers flavour, text generation): `mlflow.transformers.load_model("runs:/RUN/model")` loads it.
+    Returns its model id. Uses MLflow's fluent store settings: call it from a process of its own."""
+    import mlflow.transformers
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mlflow.set_tracking_uri(tracking_uri)
+    # the logged model belongs to the run's experiment (MLflow takes the active one otherwise)
+    mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+    model = {"model": AutoModelForCausalLM.from_pretrained(folder), "tokenizer": AutoTokenizer.from_pretrained(folder)}
+    quiet = _NoHubLookups()
+    logger = logging.getLogger("mlflow.transformers")
+    logger.addFilter(quiet)
+    try:
+        info = mlflow.transformers.log_model(
+            model, name="model", task="text-generation", run_id=run_id, step=step,
+            # what it needs, stated: inferring it would load the model once more in a subprocess
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
+        )
+    finally:
+        logger.removeFilter(quiet)
+    return info.model_id
+
+
+def run_model_id(client: MlflowClient, run_id: str) -> str | None:
+    """The id of the model the run logged last (None if it logged none)."""
+    outputs = client.get_run(run_id).outputs
+    models = sorted(outputs.model_outputs, key=lambda m: m.step) if outputs else []
+    return models[-1].model_id if models else None
+
+
+def register_model(client: MlflowClient, name: str, run_id: str) -> "mlflow.entities.model_registry.ModelVersion":
+    """A new version of the registered model `name` (created if new) from the run's logged model."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = run_model_id(client, run_id)
+    if model_id is None:
+        raise ValueError(f"run {run_id} logged no model to register")
+    # the model's own storage as the source: a `models:/ID` source makes MLflow's sql registry look the model up
+    # in the process's global store, not this client's
+    source = client.get_logged_model(model_id).artifact_location
+    return client.create_model_version(name, source, run_id=run_id, model_id=model_id)

@@ -22,6 +22,7 @@ class Tag(StrEnum):
     FAILED_METHODS = "memopt.failed_methods"
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
     RANKS_IN_SYNC = "memopt.ranks_in_sync"
+    ENVIRONMENT = "memopt.env."  # prefix: the comparison's environment (memopt/environment.py), one tag per fact
 
     @staticmethod
     def param_digest(rank: int) -> str:
@@ -53,15 +54,42 @@ class Metric(StrEnum):
     PERPLEXITY = "perplexity"
     ANSWER_ACCURACY = "answer_accuracy"
 
+    # the memory breakdown of one training step (memopt/breakdown.py), at that step
+    STEP_PEAK_MB = "memory/step_peak_mb"  # the step's own peak: RSS on CPU, allocated on CUDA
+    RUNTIME_MB = "memory/runtime_mb"  # RSS before the model was built (CPU; 0 on CUDA: no tensor of ours)
+    REST_MB = "memory/rest_mb"  # the step's peak minus the runtime and every part
+
     @staticmethod
     def peak_rss_mb_rank(rank: int) -> str:
         return f"peak_rss_mb_rank{rank}"
+
+    @staticmethod
+    def memory_part(part: str, estimate: bool = False) -> str:
+        """A part of the breakdown (MemoryPart), measured or by its formula."""
+        return f"memory/{part}_{'estimate_' if estimate else ''}mb"
+
+    @staticmethod
+    def memory_at(phase: str, reading: str) -> str:
+        """A reading (rss, cuda_allocated) at a phase boundary of the measured step (memopt.breakdown.PHASES)."""
+        return f"memory/{reading}_at_{phase}_mb"
+
+
+class MemoryPart(StrEnum):
+    """The parts of a training step's memory, in the order they stack."""
+
+    WEIGHTS = "weights"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
 
 
 class Param(StrEnum):
     """Params of a child run that the flow and the report read back."""
 
     TOTAL_STEPS = "total_steps"
+    LR = "hp.lr"  # the learning rate the optimizer was built with (the method's own or the comparison's)
+    DEVICE = "device"
+    GRADIENT_CHECKPOINTING = "gradient_checkpointing"
     GLOBAL_BATCH_SIZE = "global_batch_size"
     SEQ_LEN = "seq_len"
     STEPS_PER_EPOCH = "steps_per_epoch"

@@ -85,8 +85,9 @@ def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 
 def report_rows(table: str) -> dict[str, str]:
-    """{method: row} of a report table."""
-    rows = [line.split("|") for line in table.splitlines() if line.startswith("| ")]
+    """{method: row} of the report's first table (the results; the tables after it are the breakdowns)."""
+    first = table[table.index("\n| "):].split("\n\n")[0]
+    rows = [line.split("|") for line in first.splitlines() if line.startswith("| ")]
     return {cells[1].strip(): "|".join(cells) for cells in rows if cells[1].strip() not in ("Method", "")}
 
 
