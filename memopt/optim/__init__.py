@@ -1,6 +1,6 @@
 """Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here (the baselines'
 packages are imported by their builders, on first use: two of them import transformers)."""
-from memopt.optim import adamw  # noqa: F401  (registers "adamw")
+from memopt.optim import adamw  # noqa: F401  (registers "adamw", "adamw-foreach")
 from memopt.optim import galore  # noqa: F401  (registers "galore")
 from memopt.optim import blockllm  # noqa: F401  (registers "blockllm")
 from memopt.optim import apollo  # noqa: F401  (registers "apollo", "apollo-mini")
