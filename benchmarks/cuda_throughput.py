@@ -51,7 +51,7 @@ def measure(method: str, model_name: str, bf16: bool, batch: int, seq: int, step
         x = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen).to(device)
         with amp:
             loss = loss_of(x)
-        loss.backward()
+        optim.backward(method, opt, loss)
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
     sync()

@@ -41,7 +41,9 @@ from memopt.methods import run_hyperparameters
 from memopt.models import build_model
 from memopt.optim.galore import galore_param_groups
 
-IN_BACKWARD = ("galore-layerwise",)  # updates run in backward hooks: step() alone times nothing
+# step() alone cannot be timed on fixed gradients: the update runs in backward, or the step takes the gradients
+UNTIMED = {**{m: "steps inside backward" for m in optim.METHODS if optim.spec(m).steps_in_backward},
+           "badam": "its step moves the gradients into its fp32 copy of the block (they last one step)"}
 YARDSTICK, FOREACH, AUTHORS = "torch AdamW (fused)", "torch AdamW (foreach)", "galore_torch (authors)"
 FLOOR_TARGET, SPAM_TARGET = 1.25, 1.5  # issue 15: ÷ floor (GaLore, Fira, APOLLO, LoRO); ÷ fused AdamW (SPAMs)
 EXACT_STEPS = 3
@@ -156,7 +158,7 @@ def run_model(model_name: str, methods: list[str], a: argparse.Namespace, loads:
     {method: (ms, ÷ fused, ÷ floor or None)} for the targets."""
     yard = yardsticks(model_name)
     pool = AdamPool()
-    timed = [m for m in methods if m not in IN_BACKWARD]
+    timed = [m for m in methods if m not in UNTIMED]
     groups = [timed[i:i + a.group] for i in range(0, len(timed), a.group)] if a.group else [timed]
     times, hps, floors, models, yard_times = {}, {}, {}, {}, {n: [] for n in yard}  # floors: method -> (s, GFLOP/s)
     for gi, group in enumerate(groups):
@@ -197,8 +199,8 @@ def run_model(model_name: str, methods: list[str], a: argparse.Namespace, loads:
     results = {}
     for m in methods:
         settings = ", ".join(f"{k}={v}" for k, v in hps.get(m, {}).items()) or "defaults"
-        if m in IN_BACKWARD:
-            rows.append([m, settings, "—", "—", "—", "—", "—", "steps inside backward: see the whole-step table (`step_time`)"])
+        if m in UNTIMED:
+            rows.append([m, settings, "—", "—", "—", "—", "—", f"{UNTIMED[m]}: see the whole-step table (`step_time`)"])
             continue
         (sec, ratio), floor = times[m], floors.get(m)
         floor_cells = ["—", "—", "—"]
@@ -241,6 +243,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=0, help="methods interleaved at a time (0: all; the yardsticks in every group)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--method_args", type=json.loads, default={}, help='the pipeline\'s, e.g. \'{"galore": {"update_proj_gap": 10}}\'')
+    ap.add_argument("--section", default="optimizer_step", help="the BENCHMARKS.md section written (a subset's own)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -290,7 +293,7 @@ def main() -> None:
             + markdown_table(["shapes", "memopt ms / step", "galore_torch ms / step", "memopt ÷ galore_torch",
                               f"max relative parameter difference after {a.steps} steps"], authors)
         )
-    write_section("optimizer_step", "Optimizer step time per method", body)
+    write_section(a.section, "Optimizer step time per method" + (f" ({a.section})" if a.section != "optimizer_step" else ""), body)
     print(body)
 
 

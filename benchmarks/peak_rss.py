@@ -79,7 +79,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
         with probe.measuring(step):  # the engine's boundaries (memopt/trainer.py)
             loss = loss_of(x)
             probe.boundary("forward")
-            loss.backward()
+            optim.backward(recipe(method).optimizer, opt, loss)  # loss.backward(), or AdaLomo's own
             probe.boundary("backward")
             opt.step(lambda: loss.detach())
             probe.boundary("optimizer_step")

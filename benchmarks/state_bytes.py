@@ -12,12 +12,16 @@ from torch import nn
 from benchmarks.common import markdown_table, write_section
 from memopt.memory import expected_state_bytes, optimizer_state_bytes
 from memopt.models import build_model
+from memopt import optim
 from memopt.optim import build
 
 METHODS: list[tuple[str, dict]] = [
     ("adamw", {}),
     ("galore", {"rank": 128, "update_proj_gap": 200}),
     ("blockllm", {"sparsity": 0.9}),
+    # the baselines (issue 13), at their registered defaults
+    *((m, {}) for m in ("adamw-8bit", "adamw-ao8bit", "adamw-ao4bit", "muon", "adam-mini", "badam", "adalomo")),
+    ("galore-8bit", {"rank": 128, "update_proj_gap": 200}),
 ]
 
 
@@ -28,15 +32,12 @@ def measure(model_name: str, name: str, hp: dict, steps: int, seq_len: int, batc
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         x = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            logits = model(x).logits
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), torch.roll(x, -1, 1).flatten())
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        logits = model(x).logits
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), torch.roll(x, -1, 1).flatten())
+        # as the engine steps: backward first (AdaLomo's own; BAdam reads the gradients before its closure runs)
+        optim.backward(name, opt, loss)
+        opt.step(lambda: loss.detach())
+        opt.zero_grad(set_to_none=True)
     return optimizer_state_bytes(opt), expected_state_bytes(name, model, **hp)
 
 

@@ -49,7 +49,7 @@ def period(method: str, hp: dict) -> int | None:
     return h.get("update_proj_gap", h.get("exact_every"))
 
 
-def timed_step(loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tensor, periodic: bool = False) -> float:
+def timed_step(method: str, loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tensor, periodic: bool = False) -> float:
     groups = periodic_groups(opt) if periodic else []
     gaps = [g.get("update_proj_gap") for g in groups]
     for g in groups:
@@ -60,7 +60,7 @@ def timed_step(loss_of: CausalLMLoss, opt: torch.optim.Optimizer, x: torch.Tenso
     try:
         t0 = time.perf_counter()
         loss = loss_of(x)
-        loss.backward()
+        optim.backward(method, opt, loss)  # loss.backward(), or AdaLomo's own
         opt.step(lambda: loss.detach())
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
@@ -89,7 +89,7 @@ def run_group(methods: list[str], a: argparse.Namespace, steps: int, gen: torch.
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
         loads.append(os.getloadavg()[0])
         for m in methods[rnd % len(methods):] + methods[: rnd % len(methods)]:
-            t = timed_step(*c[m][:2], x)
+            t = timed_step(m, *c[m][:2], x)
             if rnd >= 2:
                 times[m].append(t)
     periodic = [m for m in methods if periodic_groups(c[m][1])]
@@ -98,7 +98,7 @@ def run_group(methods: list[str], a: argparse.Namespace, steps: int, gen: torch.
         x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen)
         loads.append(os.getloadavg()[0])
         for m in periodic[rnd % len(periodic):] + periodic[: rnd % len(periodic)]:
-            extra[m].append(timed_step(*c[m][:2], x, periodic=True))
+            extra[m].append(timed_step(m, *c[m][:2], x, periodic=True))
     return {m: (times[m], extra.get(m), c[m][2]) for m in methods}
 
 

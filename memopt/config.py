@@ -36,7 +36,7 @@ from pydantic_settings import NoDecode
 from memopt import optim
 from memopt.data import DEFAULT_DATASET
 from memopt.distributed import check_launch_options
-from memopt.methods import pipeline_methods, recipe
+from memopt.methods import grad_accum_steps, pipeline_methods, recipe
 from memopt.models import PRESETS, is_preset
 from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
 from memopt.vocabulary import EXPERIMENT
@@ -280,6 +280,27 @@ class CompareConfig(WithTraining):
         unknown = sorted(set(self.method_args) - set(self.methods))
         if unknown:
             raise ValueError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_backward_per_step(self) -> "CompareConfig":
+        """A method that updates inside its own backward (MethodSpec.owns_backward: AdaLomo) needs exactly one
+        backward per optimizer step, on one process, and leaves no gradients behind."""
+        t = self.training
+        for method in self.methods:
+            r = recipe(method)
+            if not optim.spec(r.optimizer).owns_backward:
+                continue
+            passes = t.accumulation_steps * grad_accum_steps(r, t.batch_size)
+            if passes > 1:
+                raise ValueError(f"--methods {method}: updates inside its backward, one backward per optimizer step; "
+                                 f"--total_batch_size {t.total_batch_size} asks for {passes} (use 0)")
+            if t.world_size > 1:
+                raise ValueError(f"--methods {method}: updates inside its backward, before DDP could average the "
+                                 "gradients; run it with nproc_per_node × nnodes = 1")
+            if t.grad_clip > 0:
+                raise ValueError(f"--methods {method}: leaves no gradients for --grad_clip to clip; use --method_args "
+                                 f"{method}.clip_grad_norm={t.grad_clip:g} (its own two-pass clipping)")
         return self
 
     def tokenizer_name(self) -> str | None:

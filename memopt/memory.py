@@ -8,6 +8,10 @@ tensors are not double counted while a view that pins a larger storage is
 charged for the whole storage it keeps alive. The parameters themselves (and
 anything sharing their storage, e.g. a gradient view) are the model's, not the
 optimizer's, and are left out, as are modules the optimizer might refer to.
+"The parameters" are those of the outermost optimizer: an inner optimizer that
+steps copies of them (BAdam's fp32 masters of the active block) holds those
+copies, and they are counted. A tensor subclass that wraps others (torchao's
+quantized states: codes, scales, quantization map) is charged for what it wraps.
 
 `expected_state_bytes(name, model, **hp)` is each method's formula (registry).
 """
@@ -17,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from memopt.optim import registry
 
@@ -33,6 +38,11 @@ def _walk(obj: Any, visited: set[int], storages: dict[int, int], skip: set[int])
     if id(obj) in visited or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None))):
         return
     visited.add(id(obj))
+    if isinstance(obj, torch.Tensor) and is_traceable_wrapper_subclass(obj):
+        # a wrapper has no storage of its own (reading it raises): its inner tensors hold the bytes
+        for name in obj.__tensor_flatten__()[0]:
+            _walk(getattr(obj, name), visited, storages, skip)
+        return
     if isinstance(obj, torch.Tensor):
         storage = obj.untyped_storage()
         ptr = storage.data_ptr()
@@ -40,7 +50,7 @@ def _walk(obj: Any, visited: set[int], storages: dict[int, int], skip: set[int])
             storages[ptr] = max(storages.get(ptr, 0), storage.nbytes())
         return
     if isinstance(obj, torch.optim.Optimizer):
-        inner_skip = skip | _param_storages(obj)
+        inner_skip = skip or _param_storages(obj)  # the outermost optimizer's parameters are the model's
         _walk(obj.state, visited, storages, inner_skip)
         for key, value in vars(obj).items():
             if key not in ("param_groups", "state"):

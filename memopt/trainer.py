@@ -80,6 +80,8 @@ class Trainer:
         self.recipe = recipe(cfg.method)
         self.chunks = grad_accum_steps(self.recipe, self.opts.batch_size)  # the recipe's micro-batches
         self.micro_batches = self.opts.accumulation_steps * self.chunks
+        if self.micro_batches > 1 and optim.spec(self.recipe.optimizer).owns_backward:  # CompareConfig refuses it first
+            raise ValueError(f"{cfg.method} updates inside its backward: one backward per step, not {self.micro_batches}")
         self.global_batch = self.opts.global_batch_size
         self.steps = total_steps(self.opts.max_steps, self.opts.epochs, len(self.train_blocks), self.global_batch)
         self.rss_before_model = rss_bytes()  # Python, the libraries and the data: the baseline of "training memory"
@@ -254,7 +256,7 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             with_grad = [p for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad]) if with_grad else torch.zeros(())
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = float(self.optimizer.param_groups[0]["lr"])  # torchao keeps it as a tensor
             if self.scaler is None or torch.isfinite(norm):  # GradScaler skips inf/NaN steps
                 clip_(with_grad, self.opts.grad_clip, norm)
                 self.optimizer.step(lambda: loss)
@@ -295,7 +297,9 @@ class Trainer:
                     with self.amp:
                         loss = self.forward(micro) / self.micro_batches
                     self.memory.boundary("forward")
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    # loss.backward(), or the optimizer's own (AdaLomo updates inside it: its MethodSpec says so)
+                    optim.backward(self.recipe.optimizer, self.optimizer,
+                                   self.scaler.scale(loss) if self.scaler else loss)
                 loss_sum += loss.detach().float()
         return distributed.mean(loss_sum, world)  # every rank sees (and stops on) the same loss
 

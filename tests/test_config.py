@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pydantic.fields import FieldInfo
 
@@ -181,3 +182,32 @@ def test_the_wheel_ships_the_code_and_no_tests(tmp_path):
     assert {"memopt/config.py", "memopt/optim/galore.py", "flows/compare.py", "tasks/train.py"} <= set(names)
     shipped_tests = [n for n in names if n.endswith("_test.py") or "/conftest.py" in n or n.startswith("tests/")]
     assert not shipped_tests, shipped_tests
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--total_batch_size", "16", "--batch_size", "8"],
+     "--methods adalomo: updates inside its backward, one backward per optimizer step; --total_batch_size 16 asks for 2 (use 0)"),
+    (["--nproc_per_node", "2"],
+     "--methods adalomo: updates inside its backward, before DDP could average the gradients; run it with "
+     "nproc_per_node × nnodes = 1"),
+    (["--grad_clip", "1.0"],
+     "--methods adalomo: leaves no gradients for --grad_clip to clip; use --method_args adalomo.clip_grad_norm=1 "
+     "(its own two-pass clipping)"),
+])
+def test_an_update_inside_backward_is_refused_what_it_cannot_do(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--methods", "adamw,adalomo", *argv])
+    assert str(err.value) == message
+    parse_args(["--methods", "adamw,galore", *argv])  # the same options are fine for the others
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="paged state is allowed where CUDA is")
+def test_a_path_that_needs_cuda_is_refused_before_anything_starts(tmp_path):
+    from memopt import preflight
+
+    cfg = parse_args(["--methods", "adamw,adamw-8bit", "--model_name", "llama-micro", "--output_dir", str(tmp_path / "out"),
+                      "--tracking_uri", f"sqlite:///{tmp_path}/mlflow.db", "--method_args", "adamw-8bit.paged=True"])
+    with pytest.raises(ConfigError, match=r"^--methods adamw-8bit: invalid paged: True; valid: False on a machine "
+                                          r"without CUDA \(bitsandbytes' paged optimizers page their state"):
+        preflight.check(cfg)
+    assert not list(tmp_path.iterdir())  # no store, no output folder

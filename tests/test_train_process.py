@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from memopt import checkpoint
+from memopt import checkpoint, optim
 from memopt.blocks import tokenize_dataset
 from memopt.data import DEFAULT_DATASET
 from memopt.tracking import child_run, open_parent_run
@@ -51,7 +51,8 @@ def final_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return load_file(str(Path(cfg.output_dir) / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("method", ["adamw", "galore", "blockllm"])
+# adalomo: the engine calls its backward (MethodSpec.owns_backward) and its states live outside optimizer.state
+@pytest.mark.parametrize("method", ["adamw", "galore", "blockllm", "adalomo"])
 def test_kill_9_then_resume_equals_an_uninterrupted_run(method, data_dir, tmp_path):
     reference = make_config(tmp_path, data_dir, method, "reference")
     assert start(reference).wait(timeout=300) == 0
@@ -73,7 +74,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(method, data_dir, tmp_pa
         assert torch.equal(expected[name], got[name]), name
 
     client = MlflowClient(resumed.tracking_uri)
-    for key in ("train_loss", "grad_norm", "lr"):
+    no_gradients_left = optim.spec(method).steps_in_backward  # so no grad_norm either
+    for key in ("train_loss", "lr", *(() if no_gradients_left else ("grad_norm",))):
         history = client.get_metric_history(resumed.run_id, key)
         assert sorted(m.step for m in history) == list(range(1, STEPS + 1)), key
         reference_values = {m.step: m.value for m in client.get_metric_history(reference.run_id, key)}

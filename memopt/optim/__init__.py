@@ -1,4 +1,5 @@
-"""Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here."""
+"""Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here (the baselines'
+packages are imported by their builders, on first use: two of them import transformers)."""
 from memopt.optim import adamw  # noqa: F401  (registers "adamw", "adamw-foreach")
 from memopt.optim import galore  # noqa: F401  (registers "galore")
 from memopt.optim import blockllm  # noqa: F401  (registers "blockllm")
@@ -9,15 +10,21 @@ from memopt.optim import loro  # noqa: F401  (registers "loro")
 from memopt.optim import fira  # noqa: F401  (registers "fira")
 from memopt.optim import golore  # noqa: F401  (registers "golore")
 from memopt.optim import galore_layerwise  # noqa: F401  (registers "galore-layerwise")
+from memopt.optim import lowbit  # noqa: F401  (registers "adamw-8bit", "adamw-ao8bit", "adamw-ao4bit")
+from memopt.optim import muon  # noqa: F401  (registers "muon")
+from memopt.optim import adammini  # noqa: F401  (registers "adam-mini")
+from memopt.optim import badam_blocks  # noqa: F401  (registers "badam")
+from memopt.optim import adalomo  # noqa: F401  (registers "adalomo")
+from memopt.optim import galore_8bit  # noqa: F401  (registers "galore-8bit")
 from memopt.optim.blockllm import BlockLLM
 from memopt.optim.galore import GaLoreAdamW, galore_param_groups
 from memopt.optim.registry import (
-    MethodSpec, build, expected_state_bytes, hyperparameters, method_config, methods, register, spec,
+    MethodSpec, backward, build, expected_state_bytes, hyperparameters, method_config, methods, register, spec,
 )
 
 METHODS = methods()
 
 __all__ = [
-    "METHODS", "BlockLLM", "GaLoreAdamW", "MethodSpec", "build", "expected_state_bytes", "galore_param_groups", "hyperparameters",
+    "METHODS", "BlockLLM", "GaLoreAdamW", "MethodSpec", "backward", "build", "expected_state_bytes", "galore_param_groups", "hyperparameters",
     "method_config", "methods", "register", "spec",
 ]

@@ -82,14 +82,20 @@ def projector_side(proj_type: str, m: int, n: int) -> str:
     return proj_type
 
 
-def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
-    """Elements held for one projected weight: two moments plus the projector(s)."""
+def projected_elements(m: int, n: int, rank: int, proj_type: str) -> tuple[int, int]:
+    """(elements of one low-rank moment, elements of the projector(s)) for a m x n weight."""
     side = projector_side(proj_type, m, n)
     if side == "right":
-        return 2 * m * rank + rank * n
+        return m * rank, rank * n
     if side == "left":
-        return 2 * rank * n + m * rank
-    return 2 * rank * rank + rank * (m + n)
+        return rank * n, m * rank
+    return rank * rank, rank * (m + n)
+
+
+def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
+    """Elements held for one projected weight: two moments plus the projector(s)."""
+    moment, projector = projected_elements(m, n, rank, proj_type)
+    return 2 * moment + projector
 
 
 def check_projected_shapes(rank: int, shapes: Iterable[tuple[int, ...]]) -> None:
@@ -224,6 +230,48 @@ class GaLoreAdamW(torch.optim.Optimizer):
             self._group_step(group)
         return loss
 
+    def _prepare(self, p: torch.Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor, str | None]:
+        """`p`'s state and this step's gradient: the projector refreshed on schedule, the gradient projected
+        (side None: a full-size tensor), moments fitting its shape, the counters moved."""
+        if p.grad.is_sparse:
+            raise RuntimeError("GaLoreAdamW does not support sparse gradients")
+        state = self.state[p]
+        if not state:
+            state["step"] = 0  # drives the refresh schedule, read before it moves (authors' order)
+            state["moment_step"] = 0  # drives bias correction; restarts when moments are reset
+        grad, side = p.grad, None
+        if group.get("rank") is not None and state["step"] >= group["full_rank_warmup_steps"]:
+            side = projector_side(group["proj_type"], *p.shape)
+            since = state["step"] - group["full_rank_warmup_steps"]
+            if since % group["update_proj_gap"] == 0:
+                self._refresh(p, grad, state, group)
+                if since > 0 and group["reset_state_on_refresh"]:
+                    self._zero_moments(state)
+                    state["moment_step"] = 0
+            grad = self._project(grad, state, side)
+        if not self._moments_fit(state, grad):
+            # first step, or the switch from full-rank warm-up to the projected shape
+            self._new_moments(state, grad)
+            state["moment_step"] = 0
+        state["step"] += 1
+        state["moment_step"] += 1
+        return state, grad, side
+
+    # the moments' layout (GaLore8bit holds them as bitsandbytes' 8-bit codes instead)
+    @staticmethod
+    def _zero_moments(state: dict[str, Any]) -> None:
+        state["exp_avg"].zero_()
+        state["exp_avg_sq"].zero_()
+
+    @staticmethod
+    def _moments_fit(state: dict[str, Any], grad: torch.Tensor) -> bool:
+        return "exp_avg" in state and state["exp_avg"].shape == grad.shape
+
+    @staticmethod
+    def _new_moments(state: dict[str, Any], grad: torch.Tensor) -> None:
+        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+
     def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
                           low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
         """W += alpha * scale * project_back(direction); subclasses (Fira) add to it. `low_grad` is the
@@ -234,37 +282,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
         """Update the group's params that have a gradient (of `only`, when given: the layer-wise hook's one)."""
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        rank = group.get("rank")
         params, grads, exp_avgs, exp_avg_sqs, moment_steps = [], [], [], [], []
         low_rank: dict[int, tuple[dict[str, Any], str]] = {}  # index in params -> (state, side)
         for p in group["params"] if only is None else only:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError("GaLoreAdamW does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state["step"] = 0  # drives the refresh schedule, read before it moves (authors' order)
-                state["moment_step"] = 0  # drives bias correction; restarts when moments are reset
-            grad = p.grad
-            side = None
-            if rank is not None and state["step"] >= group["full_rank_warmup_steps"]:
-                side = projector_side(group["proj_type"], *p.shape)
-                since = state["step"] - group["full_rank_warmup_steps"]
-                if since % group["update_proj_gap"] == 0:
-                    self._refresh(p, grad, state, group)
-                    if since > 0 and group["reset_state_on_refresh"]:
-                        state["exp_avg"].zero_()
-                        state["exp_avg_sq"].zero_()
-                        state["moment_step"] = 0
-                grad = self._project(grad, state, side)
-            if "exp_avg" not in state or state["exp_avg"].shape != grad.shape:
-                # first step, or the switch from full-rank warm-up to the projected shape
-                state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                state["moment_step"] = 0
-            state["step"] += 1
-            state["moment_step"] += 1
+            state, grad, side = self._prepare(p, group)
             if side is not None:
                 low_rank[len(params)] = (state, side)
             params.append(p)

@@ -198,6 +198,66 @@ OPTIM_DB: tuple[OptimInfo, ...] = (
         default_build="rank",
         events=projectors,
     ),
+    OptimInfo(
+        "adamw-8bit",
+        # min_8bit_size 256: every llama-micro matrix (1024 to 2816 elements) gets 8-bit moments, the norms 32-bit
+        samples=({"lr": 1e-2, "weight_decay": 0.1, "min_8bit_size": 256},),
+        invalid=(({"lr": 0.0}, "lr"), ({"min_8bit_size": 0}, "min_8bit_size"),
+                 *((({"paged": True}, "paged"),) if not torch.cuda.is_available() else ())),
+    ),
+    OptimInfo(
+        # llama-micro's tensors are all under torchao's 4096-element threshold: quantized states are
+        # tested on larger shapes in lowbit_test.py
+        "adamw-ao8bit",
+        samples=({"lr": 1e-2, "weight_decay": 0.1},),
+        invalid=(({"block_size": 0}, "block_size"), ({"bf16_stochastic_round": 1}, "bf16_stochastic_round")),
+    ),
+    OptimInfo(
+        "adamw-ao4bit",
+        samples=({"lr": 1e-2},),
+        invalid=(({"block_size": 127}, "block_size"), ({"eps": -1.0}, "eps")),
+    ),
+    OptimInfo(
+        "muon",
+        samples=({"lr": 1e-2, "weight_decay": 0.1}, {"lr": 1e-2, "adjust_lr_fn": "original", "nesterov": False}),
+        ids=("match_rms_adamw", "original"),
+        invalid=(({"momentum": 1.0}, "momentum"), ({"ns_steps": 0}, "ns_steps"), ({"adjust_lr_fn": "x"}, "adjust_lr_fn")),
+    ),
+    OptimInfo(
+        "adam-mini",
+        samples=({"lr": 1e-2, "weight_decay": 0.1},),
+        invalid=(({"lr": 0.0}, "lr"), ({"betas": (0.9, 1.0)}, "betas")),
+    ),
+    OptimInfo(
+        "badam",
+        # 4 blocks (embeddings, 2 layers, lm_head + final norm), a switch after steps 1, 3, 5 (BAdam's
+        # (step + 1) % every): two of them after the save
+        samples=({"lr": 1e-2, "switch_block_every": 2, "include_embedding": True, "include_lm_head": True},),
+        # a block every 2 steps, its moments fresh each time, does not halve the loss in 30 steps; 15 steps of
+        # the lm_head block, then of the last layer, do (4.15 -> 1.32)
+        learn={"lr": 1e-2, "switch_block_every": 16, "include_embedding": True, "include_lm_head": True},
+        invalid=(({"switch_block_every": 0}, "switch_block_every"), ({"switch_mode": "cyclic"}, "switch_mode"),
+                 ({"start_block": 4}, "start_block")),
+        events=lambda model, opt: (opt.active_block,),
+    ),
+    OptimInfo(
+        "adalomo",
+        # lr is relative (scaled by each weight's RMS, ~0.02 here): 5e-2 halves the loss in 30 steps, 1e-2 does not
+        samples=({"lr": 5e-2}, {"lr": 5e-2, "clip_grad_norm": 1.0, "weight_decay": 0.1}),
+        ids=("plain", "clipped"),
+        invalid=(({"eps": (1e-30,)}, "eps"), ({"decay_rate": 0.5}, "decay_rate"), ({"clip_grad_norm": 0.0}, "clip_grad_norm")),
+    ),
+    OptimInfo(
+        "galore-8bit",
+        # min_8bit_size 64: every low-rank moment (128 to 352 elements) and full-size matrix is 8-bit
+        samples=({"rank": 4, "update_proj_gap": 2, "weight_decay": 0.1, "min_8bit_size": 64},
+                 {"rank": 3, "update_proj_gap": 2, "proj_type": "reverse_std", "reset_state_on_refresh": True,
+                  "full_rank_warmup_steps": 1, "min_8bit_size": 64}),
+        ids=("std", "reverse_std-reset-warmup"),
+        invalid=(({"min_8bit_size": 0}, "min_8bit_size"), ({"rank": 33}, "rank")),
+        default_build="rank",
+        events=projectors,
+    ),
 )
 
 

@@ -6,7 +6,8 @@ merges the method's defaults with the overrides (unknown keys are an error), che
 them by creating the method's config (memopt.optim.config), and calls the builder,
 which may reparameterize `model` in place before it returns the optimizer (Low-Rank,
 ReLoRA, ... do). The training loop always calls `optimizer.step(closure)` with a
-closure that returns the step's loss.
+closure that returns the step's loss, after `backward(name, optimizer, loss)`: loss.backward(),
+or the optimizer's own backward for a method that updates there (AdaLomo's fused backward).
 
 A new method is its module (a config dataclass extending config.AdamConfig or a
 family's config, the optimizer class, `builder(model, config)`,
@@ -40,6 +41,7 @@ class MethodSpec:
     needs_closure: bool = False  # step() must get a closure returning the loss (it reads the loss)
     steps_in_backward: bool = False  # updates run inside backward; step() only counts, no gradients remain after
     reparameterizes: bool = False  # the builder swaps modules of the model (export with reparam.merged_state_dict)
+    owns_backward: bool = False  # optimizer.backward(loss) replaces loss.backward(): one backward per step, no accumulation
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -87,6 +89,14 @@ def method_config(name: str, **overrides: Any) -> OptimizerConfig:
 
 def build(name: str, model: nn.Module, **overrides: Any) -> torch.optim.Optimizer:
     return spec(name).builder(model, method_config(name, **overrides))
+
+
+def backward(name: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """The training loop's backward for method `name` (its spec's owns_backward says which)."""
+    if spec(name).owns_backward:
+        optimizer.backward(loss)
+    else:
+        loss.backward()
 
 
 def expected_state_bytes(name: str, model: nn.Module, **overrides: Any) -> int:
