@@ -63,8 +63,12 @@ def cli_env(prefect_server, tmp_path_factory) -> dict[str, str]:
     }
 
 
-def latest_step(ckpt_dir: Path) -> int:
-    return int(checkpoint.latest(ckpt_dir).name.removeprefix("step-"))
+def resumable_step(ckpt_dir: Path) -> int:
+    """The step a resume continues from: the newest step folder (0: none), which is the one `latest` names or newer.
+    A kill between a checkpoint's rename into place and the update of `latest` leaves the newer one, and
+    checkpoint.resume takes it; read it once the training process is gone."""
+    steps = [int(p.name.removeprefix("step-")) for p in ckpt_dir.glob("step-*") if p.is_dir()]
+    return max(steps, default=0)
 
 
 def children_by_method(client: MlflowClient, parent: str) -> dict[str, list]:
@@ -117,7 +121,7 @@ def resumed(cli_env, tmp_path_factory):
     parent = method_dir.parent.name
     client = MlflowClient(uri)
     before = {m: r for m, r in child_runs(client, parent).items()}
-    killed_at = latest_step(method_dir / "checkpoints")
+    killed_at = resumable_step(method_dir / "checkpoints")
 
     second_log = tmp / "second.log"
     t0 = time.monotonic()
@@ -195,12 +199,11 @@ def two_at_once(cli_env, tmp_path_factory):
         kills = []
         for attempt in range(2):  # the first attempt, then Prefect's retry
             after = kills[-1] if kills else 0
-            wait_for(lambda: checkpoint.latest(galore_ckpts) and latest_step(galore_ckpts) > after, a, log_a,
-                     f"a galore checkpoint after step {after}")
+            wait_for(lambda: resumable_step(galore_ckpts) > after, a, log_a, f"a galore checkpoint after step {after}")
             [pid] = wait_for(lambda: training_pids(config), a, log_a, "galore's training process")
             os.kill(pid, signal.SIGKILL)
-            kills.append(latest_step(galore_ckpts))
             wait_for(lambda: pid not in training_pids(config), a, log_a, "the end of the killed process")
+            kills.append(resumable_step(galore_ckpts))
         rc_a, rc_b = a.wait(timeout=300), b.wait(timeout=300)
     finally:
         kill_group(a)
@@ -351,7 +354,14 @@ def test_checkpoints_load_weights_only(tmp_path):
 def test_weights_are_safetensors(resumed):
     client = resumed.client
     for method, run in child_runs(client, resumed.parent).items():
-        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+        # the run's logged model, by its id: MLflow resolves a run's `model` path through its global store
+        model_id, names, folders = run_model_id(client, run.info.run_id), set(), [None]
+        while folders:
+            for a in client.list_logged_model_artifacts(model_id, folders.pop()):
+                if a.is_dir:
+                    folders.append(a.path)
+                else:
+                    names.add(Path(a.path).name)
         assert "model.safetensors" in names, (method, names)
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], (method, names)
     for ckpt in resumed.out.glob("runs/*/*/checkpoints/step-*"):
