@@ -4,9 +4,9 @@ back from its output to log it and to move the Prefect progress artifact.
     progress step=20 steps=100 train_loss=5.4321 tokens_per_s=2210 elapsed_s=12.3 eta_s=49.2 val_loss=5.5012
 
 One line of `key=value` pairs (logfmt): readable in a terminal as it is, parsed without a format of its own.
-`tokens_per_s` is the training steps' throughput since the previous line (tokens / the steps' own time, as the
-`tokens_per_s` metric counts one step); `eta_s` is the wall-clock time left at the pace of this process so far,
-evaluations and checkpoints included.
+`tokens_per_s` is the run's so far, the value of the `tokens_per_s` metric at that step (every token trained ÷ the
+training steps' own time, a resume's earlier steps included), so the log, MLflow and the report give one figure;
+`eta_s` is the wall-clock time left at the pace of this process so far, evaluations and checkpoints included.
 """
 from __future__ import annotations
 
@@ -68,18 +68,15 @@ class ProgressReporter:
         self.first = first_step + 1
         self.out = out or sys.stdout
         self.started = time.perf_counter()
-        self._window_steps, self._window_time = 0, 0.0
 
-    def update(self, step: int, train_loss: float, step_time_s: float, val_loss: float | None = None) -> None:
-        self._window_steps += 1
-        self._window_time += step_time_s
+    def update(self, step: int, train_loss: float, train_seconds: float, val_loss: float | None = None) -> None:
+        """`train_seconds`: the training steps' own time through `step` (Trainer.train_seconds)."""
         if not (step == self.first or step % self.every == 0 or step == self.steps):
             return
         elapsed = time.perf_counter() - self.started
         values = {"step": step, "steps": self.steps, "train_loss": train_loss,
-                  "tokens_per_s": self._window_steps * self.tokens_per_step / self._window_time,
+                  "tokens_per_s": step * self.tokens_per_step / train_seconds,
                   "elapsed_s": elapsed, "eta_s": elapsed / (step - self.first + 1) * (self.steps - step)}
         if val_loss is not None:
             values["val_loss"] = val_loss
         print(format_line(values), file=self.out, flush=True)
-        self._window_steps, self._window_time = 0, 0.0

@@ -19,9 +19,9 @@ def test_the_reporter_prints_the_first_every_nth_and_the_last_step():
     out = io.StringIO()
     reporter = ProgressReporter(steps=7, first_step=2, every=2, tokens_per_step=100, out=out)  # a resume at step 2
     for step in range(3, 8):
-        reporter.update(step, train_loss=1.0 / step, step_time_s=0.5, val_loss=2.0 if step == 6 else None)
+        reporter.update(step, train_loss=1.0 / step, train_seconds=0.5 * step, val_loss=2.0 if step == 6 else None)
     lines = [parse_line(line) for line in out.getvalue().splitlines()]
     assert [int(v["step"]) for v in lines] == [3, 4, 6, 7]
-    assert [v["tokens_per_s"] for v in lines] == [200, 200, 200, 200]  # 100 tokens a step, 0.5 s each
+    assert [v["tokens_per_s"] for v in lines] == [200, 200, 200, 200]  # the run's so far: 100 tokens a step, 0.5 s each
     assert "val_loss" in lines[2] and "val_loss" not in lines[1]
     assert lines[-1]["eta_s"] == 0 and all(v["steps"] == 7 for v in lines)

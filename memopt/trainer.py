@@ -108,7 +108,6 @@ class Trainer:
             (self.opts.batch_size // self.chunks, self.train_blocks.shape[1]) if plain else None,
         )
         self.step = 0
-        self.step_time_s = 0.0  # the last train_step's
         self.train_seconds = 0.0  # the training steps' own time so far (no evaluation, no checkpoints)
         self.sampler: MemorySampler | None = None
         self._step_times: list[float] = []  # this process's first steps, for the run's length (_say_if_long)
@@ -225,7 +224,7 @@ class Trainer:
                 if self.step % self.opts.eval_every == 0 or self.step == self.steps:
                     val_loss = self.evaluate()
                 if self.world.is_main:
-                    progress.update(self.step, loss, self.step_time_s, val_loss)
+                    progress.update(self.step, loss, self.train_seconds, val_loss)
                 if self.step % self.opts.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
 
@@ -265,7 +264,7 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        step_time = self.step_time_s = time.perf_counter() - t0
+        step_time = time.perf_counter() - t0
         if len(self._step_times) <= TIMED_STEPS:
             self._step_times.append(step_time)
         self.step += 1

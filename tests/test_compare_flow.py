@@ -269,6 +269,7 @@ def test_the_prefect_ui_shows_progress_links_and_tags(finished_comparison):
         lines = [m for m in logs if m.startswith(f"{method}: step ")]
         assert lines[0].startswith(f"{method}: step 1/6 (17%), train_loss ") and "tokens/s" in lines[0]
         assert lines[-1].startswith(f"{method}: step 6/6 (100%)") and "val_loss" in lines[-1], lines
+        assert f", {run.data.metrics['tokens_per_s']:.0f} tokens/s" in lines[-1], "one Tokens/s: the logged one"
     [report] = [a for a in artifacts if a.key == "optimizer-comparison"]
     assert f"]({ui}/{parent.info.run_id}?workflowType=machine_learning)" in report.description
     assert "| adamw | FINISHED |" in report.data
