@@ -39,7 +39,11 @@ def _is_model(annotation: Any) -> bool:
 
 
 def _kind(info: FieldInfo | None) -> str:
-    types = set(typing.get_args(info.annotation) or (info.annotation,)) - {type(None)} if info else set()
+    """What a value of the field (an item, for a list or a dict's values) must be, in words."""
+    annotation = info.annotation if info else None
+    while typing.get_origin(annotation) in (list, dict):
+        annotation = typing.get_args(annotation)[-1]
+    types = set(typing.get_args(annotation) or (annotation,)) - {type(None)} if info else set()
     return "an integer" if types == {int} else "a number" if types <= {int, float} and types else "a value"
 
 

@@ -25,6 +25,7 @@ memopt/preflight.py.
 from __future__ import annotations
 
 import ast
+import math
 import os
 import typing
 from pathlib import Path
@@ -34,11 +35,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic_settings import NoDecode
 
 from memopt import optim
-from memopt.data import DEFAULT_DATASET
+from memopt.data import DEFAULT_BASE_DATASET, DEFAULT_DATASET
 from memopt.distributed import check_launch_options
 from memopt.methods import pipeline_methods, recipe
 from memopt.models import PRESETS, is_preset
 from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
+from memopt.regimes import Regime, regime_hyperparameters
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
 
@@ -87,9 +89,42 @@ def _parse_method_args(value: Any) -> Any:
     return result
 
 
+def _parse_method_lr_grids(value: Any) -> Any:
+    """`galore=[3e-3,1e-2],blockllm=1e-3` -> {"galore": [0.003, 0.01], "blockllm": [0.001]}."""
+    if not isinstance(value, str):
+        return value
+    result: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in _top_level_split(value))):
+        method, sep, text = item.partition("=")
+        if not sep or not method.strip():
+            raise ValueError(f"{item!r} is not METHOD=[LR,...]")
+        try:
+            grid = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{item!r}: {text.strip()!r} is not a learning rate or a list [LR,...]") from None
+        result[method.strip()] = list(grid) if isinstance(grid, (list, tuple)) else [grid]
+    return result
+
+
 # NoDecode: the command line hands these over as typed, for the validators to parse.
 MethodNames = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 MethodArgs = Annotated[dict[str, dict[str, Any]], NoDecode, BeforeValidator(_parse_method_args)]
+LrGrid = Annotated[list[float], NoDecode, BeforeValidator(_split_commas)]
+MethodLrGrids = Annotated[dict[str, list[float]], NoDecode, BeforeValidator(_parse_method_lr_grids)]
+Seeds = Annotated[list[int], NoDecode, BeforeValidator(_split_commas)]
+
+
+def check_lr_grid(grid: list[float], what: str = "") -> list[float]:
+    """A grid of learning rates: not empty, every value positive and finite, none twice."""
+    if not grid:
+        raise ValueError(f"{what}empty; give at least one learning rate, e.g. 1e-3,3e-3,1e-2 (or --sweep_steps 0: no sweep)")
+    bad = [lr for lr in grid if not (lr > 0 and math.isfinite(lr))]
+    if bad:
+        raise ValueError(f"{what}got {bad[0]:g}; every learning rate must be a positive finite number")
+    repeated = sorted({lr for lr in grid if grid.count(lr) > 1})
+    if repeated:
+        raise ValueError(f"{what}{', '.join(f'{lr:g}' for lr in repeated)} given more than once")
+    return grid
 
 
 class Section(BaseModel):
@@ -221,6 +256,22 @@ class CompareConfig(WithTraining):
     method_args: MethodArgs = Field(default_factory=dict, description="any other hyperparameter, METHOD.NAME=VALUE,... "
                                     "e.g. galore.update_proj_gap=50,blockllm.patience=20")
     retries: int = Field(1, ge=0, description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
+    regime: Regime = Field(
+        "finetune", description="pretrain: the model's architecture from random init; finetune: a pretrained model "
+        "adapted to the data (a preset's base is made first: base_*). Each method takes its authors' defaults for it")
+    lr_grid: LrGrid = Field([1e-3, 3e-3, 1e-2], description="learning rates every method's sweep tries, the "
+                            "baseline's included; the best trial's lr trains the seeds")
+    method_lr_grid: MethodLrGrids = Field(default_factory=dict, description="a method's own grid instead of lr_grid, "
+                                          "METHOD=[LR,...],... e.g. blockllm=[3e-3,1e-2]")
+    sweep_steps: int = Field(40, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
+                             "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
+    seeds: Seeds = Field([], description="seeds of each method's final runs, e.g. 0,1,2: the report gives mean ± std "
+                         "over them (unset: --seed alone; the data always comes from --seed)")
+    base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "
+                              "pretrained on (the embedded default: general English, not the task), any --dataset form")
+    base_steps: int = Field(300, ge=0, description="finetune with a preset: AdamW steps that pretrain its base model "
+                            "(made once, cached by what it depends on; 0: none, so model_name must be pretrained)")
+    base_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="finetune with a preset: the base model's AdamW lr")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
 
     @field_validator("methods")
@@ -237,12 +288,73 @@ class CompareConfig(WithTraining):
             raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
         return methods
 
+    @field_validator("lr_grid")
+    @classmethod
+    def _lr_grid(cls, grid: list[float]) -> list[float]:
+        return check_lr_grid(grid)
+
+    @field_validator("method_lr_grid")
+    @classmethod
+    def _method_lr_grids(cls, grids: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, grid in grids.items():
+            check_lr_grid(grid, f"{method}: ")
+        return grids
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        negative = [s for s in seeds if s < 0]
+        if negative:
+            raise ValueError(f"got {negative[0]}; every seed must be an integer >= 0")
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(str, repeated))} given more than once; each seed runs once")
+        return seeds
+
     @model_validator(mode="after")
     def _method_args_name_methods(self) -> "CompareConfig":
-        unknown = sorted(set(self.method_args) - set(self.methods))
-        if unknown:
-            raise ValueError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
+        for name, given in (("method_args", self.method_args), ("method_lr_grid", self.method_lr_grid)):
+            unknown = sorted(set(given) - set(self.methods))
+            if unknown:
+                raise ValueError(f"--{name}: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
         return self
+
+    @model_validator(mode="after")
+    def _sweep_and_regime(self) -> "CompareConfig":
+        budget = self.training.max_steps
+        if budget and any(self.lr_grid_for(m) for m in self.methods) and self.sweep_steps >= budget:
+            raise ValueError(f"--sweep_steps: got {self.sweep_steps}; must be smaller than the budget --max_steps "
+                             f"{budget} (a trial is a short run), or 0 for no sweep")
+        if self.regime == "finetune" and is_preset(self.model_name) and self.base_steps == 0:
+            raise ValueError(f"--base_steps: got 0; the finetune regime with the preset {self.model_name!r} (random "
+                             "weights) needs a base model pretrained first (--base_steps >= 1), or a pretrained "
+                             "--model_name (a save_pretrained folder or a hub name), or --regime pretrain")
+        return self
+
+    # --- what each method runs -----------------------------------------------------------------
+    @property
+    def final_seeds(self) -> list[int]:
+        """The seeds of each method's final runs."""
+        return self.seeds or [self.training.seed]
+
+    @property
+    def makes_base_model(self) -> bool:
+        """Whether this comparison first pretrains a base model (the finetune regime on a preset)."""
+        return self.regime == "finetune" and is_preset(self.model_name)
+
+    def lr_source(self, method: str) -> str:
+        """Where `method`'s learning rate comes from: sweep, --lr, method_args, or default (the method's own)."""
+        if self.training.lr is not None:
+            return "--lr"
+        if "lr" in self.method_args.get(method, {}):
+            return "method_args"
+        return "sweep" if self.sweep_steps else "default"
+
+    def lr_grid_for(self, method: str) -> list[float]:
+        """The learning rates `method`'s sweep tries; [] when it is not swept (lr_source says why)."""
+        if self.lr_source(method) != "sweep":
+            return []
+        return self.method_lr_grid.get(method, self.lr_grid)
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -254,15 +366,17 @@ class CompareConfig(WithTraining):
     def as_params(self) -> dict[str, str]:
         """One MLflow param per parameter (the training options under their own names)."""
         values = {**self.model_dump(exclude={"resume", "tracking_uri", "training"}), **self.training.model_dump()}
-        return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items()}
+        return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in values.items()}
 
     def hidden_size(self) -> int | None:
         return PRESETS[self.model_name].hidden_size if is_preset(self.model_name) else None
 
     def method_hyperparameters(self, method: str) -> dict[str, Any]:
-        """What this comparison overrides for `method`'s optimizer."""
-        defaults = optim.spec(recipe(method).optimizer).defaults
-        hp: dict[str, Any] = {}
+        """What this comparison overrides for `method`'s optimizer: the regime's defaults (memopt/regimes.py),
+        the shared rank and sparsity, then the method's own method_args."""
+        optimizer = recipe(method).optimizer
+        defaults = optim.spec(optimizer).defaults
+        hp: dict[str, Any] = dict(regime_hyperparameters(self.regime, optimizer))
         if "rank" in defaults:
             if self.rank is not None:
                 hp["rank"] = self.rank
@@ -283,6 +397,8 @@ class TrainConfig(WithTraining):
     run_id: str = Field(description="the MLflow child run, created by the train task")
     tracking_uri: str = Field(description="the MLflow store")
     method_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's hyperparameters beyond its defaults")
+    random_init: bool = Field(False, description="a pretrained model_name's architecture with random weights (the "
+                              "pretrain regime); presets are always random")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":

@@ -23,10 +23,11 @@ from memopt.models import PRESETS, build_model, is_preset, max_positions, preset
 
 def check(cfg: CompareConfig) -> None:
     _check_model(cfg)
-    try:
-        check_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise ConfigError(f"--dataset: {exc}") from None
+    for name, dataset in (("dataset", cfg.dataset), *([("base_dataset", cfg.base_dataset)] if cfg.makes_base_model else [])):
+        try:
+            check_dataset(dataset)
+        except DatasetError as exc:
+            raise ConfigError(f"--{name}: {exc}") from None
     _check_output_dir(cfg.output_dir)
     _check_tracking_uri(cfg.resolved_tracking_uri())
 

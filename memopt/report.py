@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 
-from memopt.tracking import child_runs  # noqa: E402
+from memopt.report_tuning import seeds_section, sweep_section  # noqa: E402
+from memopt.tracking import child_runs, seed_runs, throughput  # noqa: E402
 from memopt.vocabulary import Metric, Param, Tag  # noqa: E402
 
 TABLE = "comparison_results.md"
@@ -21,7 +22,8 @@ MIB = 1024 * 1024
 NOTES = """Peak Memory is the training process's high-water mark (the kernel's VmHWM), imports included;
 Training Memory is that peak minus the process's resident memory just before the model was built.
 Optimizer State is every tensor the optimizer holds between steps, measured. Tokens/s counts the
-training steps alone (forward, backward, optimizer step).
+training steps alone (forward, backward, optimizer step). Each number is the mean over the method's seed
+runs (the Seeds section below gives their spread); the plots draw each method's first seed.
 """
 
 
@@ -45,16 +47,18 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
     return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
 
 
-def method_result(client: MlflowClient, run: Run) -> MethodResult:
-    metrics, params = run.data.metrics, run.data.params
+def method_result(client: MlflowClient, run: Run, history_run: Run | None = None) -> MethodResult:
+    """A method's row from its run. With seed runs, the run's metrics are their means (memopt/tracking.py)
+    and `history_run` (its first seed run) gives the step times."""
+    metrics = run.data.metrics
+    source = history_run or run
     r = MethodResult(run.data.tags[Tag.METHOD], run.info.status, run.data.tags.get(Tag.FAILURE_REASON, ""))
-    step_times = [v for _, v, _ in _history(client, run.info.run_id, Metric.STEP_TIME_S)]
+    step_times = [v for _, v, _ in _history(client, source.info.run_id, Metric.STEP_TIME_S)]
     if step_times:
-        steps_per_epoch = max(1, int(params.get(Param.STEPS_PER_EPOCH, len(step_times))))
+        steps_per_epoch = max(1, int(source.data.params.get(Param.STEPS_PER_EPOCH, len(step_times))))
         r.epoch_time_s = sum(step_times) / len(step_times) * steps_per_epoch
-        # an optimizer step takes the global batch: every process's, every accumulation round's
-        tokens = int(params.get(Param.GLOBAL_BATCH_SIZE, 0)) * int(params.get(Param.SEQ_LEN, 0)) * len(step_times)
-        r.tokens_per_s = tokens / sum(step_times) if tokens else None
+    # an optimizer step takes the global batch: every process's, every accumulation round's
+    r.tokens_per_s = metrics.get(Metric.TOKENS_PER_S) if history_run else throughput(client, run)
     r.train_loss = metrics.get(Metric.TRAIN_LOSS)
     r.val_loss = metrics.get(Metric.FINAL_VAL_LOSS, metrics.get(Metric.VAL_LOSS))
     r.peak_rss_mb = metrics.get(Metric.PEAK_RSS_MB)
@@ -125,11 +129,15 @@ def _plot_memory(client: MlflowClient, runs: dict[str, Run], path: Path) -> None
 def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> tuple[Path, list[MethodResult]]:
     """Write the table and plots into `out_dir`; returns the table's path and the rows."""
     client = MlflowClient(tracking_uri)
-    runs = child_runs(client, parent_run_id)
-    results = [method_result(client, run) for run in runs.values()]
+    children = child_runs(client, parent_run_id)
+    first_seed = {m: next(iter(seed_runs(client, run.info.run_id)), None) for m, run in children.items()}
+    results = [method_result(client, run, first_seed[m]) for m, run in children.items()]
+    histories = {m: first_seed[m] or run for m, run in children.items()}  # the plots draw each method's first seed
+    regime = client.get_run(parent_run_id).data.tags.get(Tag.REGIME, "pretrain")
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / TABLE
-    table.write_text(f"# Optimizer comparison\n\nMLflow parent run `{parent_run_id}`.\n\n{markdown_table(results)}\n\n{NOTES}")
-    _plot_losses(client, runs, out_dir / LOSS_PLOT)
-    _plot_memory(client, runs, out_dir / MEMORY_PLOT)
+    table.write_text(f"# Optimizer comparison\n\nMLflow parent run `{parent_run_id}`.\n\n{markdown_table(results)}\n\n{NOTES}\n"
+                     f"{sweep_section(client, children)}\n\n{seeds_section(client, children, regime)}\n")
+    _plot_losses(client, histories, out_dir / LOSS_PLOT)
+    _plot_memory(client, histories, out_dir / MEMORY_PLOT)
     return table, results

@@ -79,7 +79,7 @@ class Trainer:
         self.steps = total_steps(self.opts.max_steps, self.opts.epochs, len(self.train_blocks), self.global_batch)
         self.model = self._build_model()
         self.hp = {
-            **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches),
+            **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches, self.opts.seed),
             **cfg.method_args,
             **({"lr": self.opts.lr} if self.opts.lr is not None else {}),
         }
@@ -97,7 +97,8 @@ class Trainer:
         self._resume()
 
     def _build_model(self) -> torch.nn.Module:
-        model = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed)
+        model = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed,
+                            pretrained=not self.cfg.random_init)
         model = model.to(self.world.device, DTYPES[self.opts.dtype])
         if self.recipe.gradient_checkpointing:
             # DDP needs the non-reentrant form (the reentrant one marks parameters ready twice)
@@ -279,7 +280,7 @@ class Trainer:
         back into dense weights, so the exported model loads anywhere."""
         if not any(hasattr(m, "dense_weight") for m in self.model.modules()):
             return self.model
-        dense = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed)
+        dense = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed, pretrained=False)
         dense = dense.to(DTYPES[self.opts.dtype])
         dense.load_state_dict(merged_state_dict(self.model))
         return dense

@@ -1,0 +1,113 @@
+"""The report's sections on tuning and seeds, from MLflow alone: each method's lr sweep, and its result over
+its seeds with the significance of the gaps between methods (memopt/stats.py states the rule).
+
+The plain inputs a plot wants come from `sweep_points` ({method: [(lr, val_loss or None), ...]}) and
+`seed_metric` ({method: [value per seed run]}).
+"""
+from __future__ import annotations
+
+import math
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from memopt.regimes import LEARNING_BAR, why_not_learning
+from memopt.stats import SIGNIFICANCE_RULE, Spread, spread, verdict
+from memopt.tracking import seed_runs, seed_values, trial_runs
+from memopt.vocabulary import Metric, Param, Tag
+
+LR_SOURCES = {"sweep": "swept", "--lr": "--lr (not swept)", "method_args": "method_args (not swept)",
+              "default": "the method's own (not swept: --sweep_steps 0)"}
+
+
+def sweep_points(client: MlflowClient, children: dict[str, Run]) -> dict[str, list[tuple[float, float | None]]]:
+    """{method: [(lr, validation loss at the trial's last step, None if the trial did not finish), ...]}."""
+    points = {}
+    for method, run in children.items():
+        trials = trial_runs(client, run.info.run_id)
+        if trials:
+            points[method] = [(float(t.data.tags[Tag.TRIAL_LR]),
+                               t.data.metrics.get(Metric.VAL_LOSS) if t.info.status == "FINISHED" else None) for t in trials]
+    return points
+
+
+def seed_metric(client: MlflowClient, children: dict[str, Run], key: str) -> dict[str, list[float]]:
+    """{method: [`key` of each finished seed run]} (tokens_per_s: each run's whole-run throughput)."""
+    values = {}
+    for method, run in children.items():
+        finished = [r for r in seed_runs(client, run.info.run_id) if r.info.status == "FINISHED"]
+        values[method] = seed_values(client, finished).get(key, [])
+    return values
+
+
+def sweep_section(client: MlflowClient, children: dict[str, Run]) -> str:
+    points = sweep_points(client, children)
+    rows = []
+    for method, run in children.items():
+        params = run.data.params
+        trials = " · ".join(f"{lr:g}: {'—' if loss is None else format(loss, '.4f')}" for lr, loss in points.get(method, []))
+        edge = run.data.tags.get(Tag.LR_ON_EDGE)
+        note = f"the best lr is the grid's {edge}: the optimum may lie beyond it; widen the grid" if edge else ""
+        chosen = params.get(Param.CHOSEN_LR)
+        rows.append([method, LR_SOURCES.get(params.get(Param.LR_SOURCE, ""), "—"), params.get(Param.LR_GRID) or "—",
+                     trials or "—", f"{float(chosen):g}" if chosen else "—", note])
+    intro = ("Every method is swept over the same way, the baseline included: one short trial per learning rate "
+             "(its own process and MLflow run, nested under the method's run), scored by its validation loss at "
+             "its last step (— : the trial failed, e.g. a NaN loss); the best trial's lr trains the seed runs.")
+    return "## Learning-rate sweep\n\n" + intro + "\n\n" + _table(
+        ["Method", "lr", "Grid", "Trial val loss by lr", "Chosen lr", "Note"], rows)
+
+
+def seeds_section(client: MlflowClient, children: dict[str, Run], regime: str) -> str:
+    values = {m: seed_metric(client, {m: r}, Metric.FINAL_VAL_LOSS)[m] for m, r in children.items()}
+    losses = {m: spread(v) for m, v in values.items() if _finite(v)}
+    best = min(losses, key=lambda m: losses[m].mean) if losses else None
+    rows = []
+    for method, run in children.items():
+        finished = [r for r in seed_runs(client, run.info.run_id) if r.info.status == "FINISHED"]
+        per_seed = seed_values(client, finished)
+        loss = losses.get(method)
+        initial = per_seed.get(Metric.INITIAL_VAL_LOSS)
+        ratio = loss.mean / spread(initial).mean if loss and _finite(initial) else None
+        rows.append([
+            method, ",".join(r.data.tags[Tag.SEED] for r in finished) or "—", _spread_text(loss, ".4f"),
+            "—" if ratio is None else f"{ratio:.2f}", _versus(losses, method, best, "best"),
+            _versus(losses, method, "adamw", "AdamW"),
+            _spread_text(_spread_of(per_seed.get(Metric.TOKENS_PER_S)), ".0f"),
+            _spread_text(_spread_of(per_seed.get(Metric.PEAK_RSS_MB)), ".0f"), why_not_learning(method, regime, ratio),
+        ])
+    intro = (f"Each method's final configuration (the chosen lr, the whole budget) once per seed, regime `{regime}`: "
+             "mean ± standard deviation (min–max) over the seeds of the final validation loss (whole validation "
+             "split), tokens/s (whole-run throughput of the training steps) and peak memory (the process's "
+             f"high-water mark). Significance: {SIGNIFICANCE_RULE}. A method learns when its final ÷ initial "
+             f"validation loss is at most {LEARNING_BAR}; where it does not, the note says why.")
+    return "## Seeds\n\n" + intro + "\n\n" + _table(
+        ["Method", "Seeds", "Final val loss", "Final ÷ initial", "Δ vs best", "Δ vs AdamW", "Tokens/s", "Peak memory (MB)",
+         "Note"], rows)
+
+
+def _finite(values: list[float] | None) -> bool:
+    return bool(values) and any(math.isfinite(v) for v in values)
+
+
+def _spread_of(values: list[float] | None) -> Spread | None:
+    return spread(values) if _finite(values) else None
+
+
+def _spread_text(s: Spread | None, spec: str) -> str:
+    return "—" if s is None else s.text(spec)
+
+
+def _versus(losses: dict[str, Spread], method: str, other: str | None, label: str) -> str:
+    """`+0.0123 (not significant)`: `method`'s gap to `other`; `label` for `other` itself, "—" when either is missing."""
+    if other is None or method not in losses or other not in losses:
+        return "—"
+    if method == other:
+        return label
+    gap = losses[method].mean - losses[other].mean
+    return f"{gap:+.4f} ({verdict(losses[method], losses[other])})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row).replace("\n", " ") + " |" for row in rows])
