@@ -94,6 +94,8 @@ def tracking_cpu_share(step_s: float, seconds: float = 10.0) -> float:
 def run_flow(a: argparse.Namespace, root: Path, env: dict) -> dict:
     from mlflow import MlflowClient
 
+    from memopt.vocabulary import Tag
+
     root.mkdir(parents=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "flows.compare", "--methods", a.method, "--model_name", a.model,
@@ -105,7 +107,7 @@ def run_flow(a: argparse.Namespace, root: Path, env: dict) -> dict:
     wall = time.perf_counter() - t0
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    run = next(r for r in runs if r.data.tags.get("memopt.method") == a.method)
+    run = next(r for r in runs if r.data.tags.get(Tag.METHOD) == a.method)
     hist = sorted(client.get_metric_history(run.info.run_id, "step_time_s"), key=lambda m: m.step)
     loss = max(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step).value
     data_dir = next((root / "out" / "cache").glob("tokenized-*"))

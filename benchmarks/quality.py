@@ -26,6 +26,7 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from memopt import optim
+    from memopt.vocabulary import Tag
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="llama-9m")
@@ -53,7 +54,7 @@ def main() -> None:
 
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    by_method = {r.data.tags["memopt.method"]: r for r in runs if "memopt.method" in r.data.tags}
+    by_method = {r.data.tags[Tag.METHOD]: r for r in runs if Tag.METHOD in r.data.tags}
     tokens = a.steps * a.batch * 128
 
     def stats(r) -> dict:
@@ -66,7 +67,7 @@ def main() -> None:
             "final": m.get("final_val_loss", float("nan")), "state": m.get("optimizer_state_bytes", float("nan")),
             "step": statistics.median(steps) if steps else float("nan"), "peak": m.get("peak_rss_mb", float("nan")),
             "load": statistics.mean(window) if window else float("nan"),
-            "reason": r.data.tags.get("memopt.failure_reason", ""),
+            "reason": r.data.tags.get(Tag.FAILURE_REASON, ""),
         }
 
     s = {m: stats(r) for m, r in by_method.items()}

@@ -11,11 +11,13 @@ from memopt.optim import golore  # noqa: F401  (registers "golore")
 from memopt.optim import galore_layerwise  # noqa: F401  (registers "galore-layerwise")
 from memopt.optim.blockllm import BlockLLM
 from memopt.optim.galore import GaLoreAdamW, galore_param_groups
-from memopt.optim.registry import MethodSpec, build, expected_state_bytes, hyperparameters, methods, register, spec
+from memopt.optim.registry import (
+    MethodSpec, build, expected_state_bytes, hyperparameters, method_config, methods, register, spec,
+)
 
 METHODS = methods()
 
 __all__ = [
     "METHODS", "BlockLLM", "GaLoreAdamW", "MethodSpec", "build", "expected_state_bytes", "galore_param_groups", "hyperparameters",
-    "methods", "register", "spec",
+    "method_config", "methods", "register", "spec",
 ]

@@ -24,15 +24,59 @@ the seed and redraws the matrix every step (memory for compute).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.checks import check, check_adam_args, check_choice, check_range
+from memopt.optim.checks import check, check_adam_args, check_bool, check_choice, check_int, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.targets import split_params
 
 _SEED_ADVANCE = 15
+SCALE_TYPES = ("channel", "tensor")
+
+
+def check_apollo_group(rank: int, update_proj_gap: int, scale: float, scale_type: str) -> None:
+    check_range("rank", rank, 1, integer=True)
+    check_range("update_proj_gap", update_proj_gap, 1, integer=True)
+    check_range("scale", scale, 0.0, lo_open=True)
+    check_choice("scale_type", scale_type, SCALE_TYPES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApolloConfig(AdamConfig):
+    """APOLLO's hyperparameters; the projected group's options (rank, gap, scale, scale_type) as the authors'
+    per-group ones."""
+
+    lr: float = 1e-2
+    eps: float = 1e-6
+    rank: int = 256
+    update_proj_gap: int = 200
+    scale: float = 1.0
+    scale_type: str = "channel"
+    scale_front: bool = False
+    disable_nl: bool = False
+    seed: int = 0
+    regenerate_projector: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_apollo_group(self.rank, self.update_proj_gap, self.scale, self.scale_type)
+        for name in ("scale_front", "disable_nl", "regenerate_projector"):
+            check_bool(name, getattr(self, name))
+        check_int("seed", self.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApolloMiniConfig(ApolloConfig):
+    """APOLLO-Mini: rank 1, one scale per tensor, scale 128 applied in front of the limiter (authors' scripts)."""
+
+    rank: int = 1
+    scale: float = 128.0
+    scale_type: str = "tensor"
+    scale_front: bool = True
 
 
 def next_seed(seed: int) -> int:
@@ -49,9 +93,10 @@ def projector(shape: tuple[int, int], rank: int, seed: int, dtype, device) -> to
 
 
 class APOLLO(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
-                 scale_front: bool = False, disable_nl: bool = False, seed: int = 0,
-                 regenerate_projector: bool = False):
+    def __init__(self, params, lr: float = ApolloConfig.lr, betas=ApolloConfig.betas, eps: float = ApolloConfig.eps,
+                 weight_decay: float = ApolloConfig.weight_decay, scale_front: bool = ApolloConfig.scale_front,
+                 disable_nl: bool = ApolloConfig.disable_nl, seed: int = ApolloConfig.seed,
+                 regenerate_projector: bool = ApolloConfig.regenerate_projector):
         check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scale_front=bool(scale_front),
                         disable_nl=bool(disable_nl), regenerate_projector=bool(regenerate_projector))
@@ -59,14 +104,11 @@ class APOLLO(torch.optim.Optimizer):
         index = 0
         for group in self.param_groups:
             if "rank" in group:
-                group.setdefault("update_proj_gap", 200)
-                group.setdefault("scale", 1.0)
-                group.setdefault("scale_type", "channel")
+                group.setdefault("update_proj_gap", ApolloConfig.update_proj_gap)
+                group.setdefault("scale", ApolloConfig.scale)
+                group.setdefault("scale_type", ApolloConfig.scale_type)
                 group.setdefault("proj_type", "std")
-                check_range("rank", group["rank"], 1)
-                check_range("update_proj_gap", group["update_proj_gap"], 1)
-                check_range("scale", group["scale"], 0.0, lo_open=True)
-                check_choice("scale_type", group["scale_type"], ("channel", "tensor"))
+                check_apollo_group(group["rank"], group["update_proj_gap"], group["scale"], group["scale_type"])
                 check_choice("proj_type", group["proj_type"], ("std",))
                 check(all(p.dim() == 2 for p in group["params"]), "params of a group with a rank",
                       [tuple(p.shape) for p in group["params"]], "2-D weights only")
@@ -160,39 +202,36 @@ class APOLLO(torch.optim.Optimizer):
 
 # ---- registry ----
 
-def build_apollo(model: nn.Module, lr, betas, eps, weight_decay, rank, update_proj_gap, scale, scale_type,
-                 scale_front, disable_nl, seed, regenerate_projector) -> APOLLO:
+def build_apollo(model: nn.Module, config: ApolloConfig) -> APOLLO:
+    c = config
     targets, rest = split_params(model)
-    groups = [{"params": rest}, {"params": targets, "rank": rank, "update_proj_gap": update_proj_gap,
-                                 "scale": scale, "scale_type": scale_type, "proj_type": "std"}]
-    return APOLLO([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                  scale_front=scale_front, disable_nl=disable_nl, seed=seed,
-                  regenerate_projector=regenerate_projector)
+    groups = [{"params": rest}, {"params": targets, "rank": c.rank, "update_proj_gap": c.update_proj_gap,
+                                 "scale": c.scale, "scale_type": c.scale_type, "proj_type": "std"}]
+    return APOLLO([g for g in groups if g["params"]], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
+                  scale_front=c.scale_front, disable_nl=c.disable_nl, seed=c.seed,
+                  regenerate_projector=c.regenerate_projector)
 
 
-def apollo_state_bytes(model: nn.Module, rank: int, disable_nl: bool, regenerate_projector: bool, **_) -> int:
+def apollo_state_bytes(model: nn.Module, config: ApolloConfig) -> int:
     targets, rest = split_params(model)
     total = sum(2 * p.numel() * p.element_size() for p in rest)
     for p in targets:
         big, small = max(p.shape), min(p.shape)
-        total += 2 * rank * big * p.element_size()  # moments, rank × max(m, n)
-        total += 0 if regenerate_projector else rank * small * p.element_size()
-        total += 0 if disable_nl else p.element_size()  # the limiter's previous norm (0-d)
+        total += 2 * config.rank * big * p.element_size()  # moments, rank × max(m, n)
+        total += 0 if config.regenerate_projector else config.rank * small * p.element_size()
+        total += 0 if config.disable_nl else p.element_size()  # the limiter's previous norm (0-d)
     return total
 
 
-_COMMON = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "update_proj_gap": 200,
-           "disable_nl": False, "seed": 0, "regenerate_projector": False}
+PAPER = "arXiv 2412.05270"
 register(MethodSpec(
-    name="apollo", builder=build_apollo, state_bytes=apollo_state_bytes,
-    defaults={**_COMMON, "rank": 256, "scale": 1.0, "scale_type": "channel", "scale_front": False},
+    name="apollo", config=ApolloConfig, builder=build_apollo, state_bytes=apollo_state_bytes,
     summary="Adam moments in a seeded rank-r random projection give per-channel scales ‖N‖/‖R‖ for the raw "
             "gradient; norm-growth limiter",
-    paper="arXiv 2412.05270",
+    paper=PAPER,
 ))
 register(MethodSpec(
-    name="apollo-mini", builder=build_apollo, state_bytes=apollo_state_bytes,
-    defaults={**_COMMON, "rank": 1, "scale": 128.0, "scale_type": "tensor", "scale_front": True},
+    name="apollo-mini", config=ApolloMiniConfig, builder=build_apollo, state_bytes=apollo_state_bytes,
     summary="APOLLO at rank 1 with one scale per tensor, scale 128 (SGD-like memory)",
-    paper="arXiv 2412.05270",
+    paper=PAPER,
 ))

@@ -75,16 +75,49 @@ fresh model it gives the full-budget bound).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from memopt.optim.checks import check, check_adam_args, check_range
+from memopt.optim.checks import check, check_adam_args, check_int, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.registry import MethodSpec, register
 
 FROZEN_PATTERNS = ("embed", "lm_head")
 PROBE_MARK = "_blockllm_probe"  # param attribute, True while armed: the state-bytes formula gets only the model
+
+
+def check_blockllm_args(sparsity: float, update_freq: int, num_bottom_to_sample: int, patience: int,
+                        param_update_interval: int, seed: int, frozen_patterns: Any) -> None:
+    check_range("sparsity", sparsity, 0.0, 1.0)
+    check_range("update_freq", update_freq, 1, integer=True)
+    check_range("patience", patience, 1, integer=True)
+    check_range("num_bottom_to_sample", num_bottom_to_sample, 0, integer=True)
+    check_range("param_update_interval", param_update_interval, 1, integer=True)
+    check_int("seed", seed)
+    check(isinstance(frozen_patterns, (tuple, list)) and all(isinstance(x, str) and x for x in frozen_patterns),
+          "frozen_patterns", frozen_patterns, "a tuple of non-empty name substrings, () for none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockLLMConfig(AdamConfig):
+    """The authors' config defaults (METHODS.md); the Adam block is torch's (eps 1e-8)."""
+
+    sparsity: float = 0.9
+    update_freq: int = 1000
+    num_bottom_to_sample: int = 1
+    patience: int = 100
+    param_update_interval: int = 20
+    seed: int = 0
+    frozen_patterns: tuple[str, ...] = FROZEN_PATTERNS  # the authors'; () makes embeddings/lm_head candidates too
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_blockllm_args(self.sparsity, self.update_freq, self.num_bottom_to_sample, self.patience,
+                            self.param_update_interval, self.seed, self.frozen_patterns)
+        self._normalize("frozen_patterns", tuple(self.frozen_patterns))
 
 
 def rank_and_fill(
@@ -112,26 +145,21 @@ class BlockLLM(torch.optim.Optimizer):
     def __init__(
         self,
         named_params: Iterable[tuple[str, nn.Parameter]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        sparsity: float = 0.9,
-        update_freq: int = 1000,
-        num_bottom_to_sample: int = 1,
-        patience: int = 100,
-        param_update_interval: int = 20,
-        seed: int = 0,
-        frozen_patterns: tuple[str, ...] = FROZEN_PATTERNS,
+        lr: float = BlockLLMConfig.lr,
+        betas: tuple[float, float] = BlockLLMConfig.betas,
+        eps: float = BlockLLMConfig.eps,
+        weight_decay: float = BlockLLMConfig.weight_decay,
+        sparsity: float = BlockLLMConfig.sparsity,
+        update_freq: int = BlockLLMConfig.update_freq,
+        num_bottom_to_sample: int = BlockLLMConfig.num_bottom_to_sample,
+        patience: int = BlockLLMConfig.patience,
+        param_update_interval: int = BlockLLMConfig.param_update_interval,
+        seed: int = BlockLLMConfig.seed,
+        frozen_patterns: tuple[str, ...] = BlockLLMConfig.frozen_patterns,
     ) -> None:
         check_adam_args(lr, betas, eps, weight_decay)
-        check_range("sparsity", sparsity, 0.0, 1.0)
-        check_range("update_freq", update_freq, 1, integer=True)
-        check_range("patience", patience, 1, integer=True)
-        check_range("num_bottom_to_sample", num_bottom_to_sample, 0, integer=True)
-        check_range("param_update_interval", param_update_interval, 1, integer=True)
-        check(isinstance(frozen_patterns, (tuple, list)) and all(isinstance(x, str) and x for x in frozen_patterns),
-              "frozen_patterns", frozen_patterns, "a tuple of non-empty name substrings, () for none")
+        check_blockllm_args(sparsity, update_freq, num_bottom_to_sample, patience, param_update_interval, seed,
+                            frozen_patterns)
         frozen_patterns = tuple(frozen_patterns)
         named = list(named_params)
         candidates: list[tuple[str, nn.Parameter]] = []
@@ -318,12 +346,11 @@ class BlockLLM(torch.optim.Optimizer):
 
 
 # --- registry -------------------------------------------------------------------------------
-def build_blockllm(model: nn.Module, **hp: Any) -> BlockLLM:
-    return BlockLLM(model.named_parameters(), **hp)
+def build_blockllm(model: nn.Module, config: BlockLLMConfig) -> BlockLLM:
+    return BlockLLM(model.named_parameters(), **config.as_dict())
 
 
-def blockllm_state_bytes(model: nn.Module, sparsity: float, frozen_patterns: tuple[str, ...] = FROZEN_PATTERNS,
-                         **_: Any) -> int:
+def blockllm_state_bytes(model: nn.Module, config: BlockLLMConfig) -> int:
     """Exact once the optimizer has stepped: the selection is what requires_grad marks on the model,
     less the armed probes (trainable until the next backward, but never given Adam state).
 
@@ -331,11 +358,11 @@ def blockllm_state_bytes(model: nn.Module, sparsity: float, frozen_patterns: tup
     bound, 2 * floor((1 - sparsity) * all elements) * element_size + bookkeeping.
     """
     named = list(model.named_parameters())
-    cands = [p for n, p in named if not any(pat in n for pat in frozen_patterns)]
+    cands = [p for n, p in named if not any(pat in n for pat in config.frozen_patterns)]
     bookkeeping = len(cands) * (1 + 8 + 4)
     selected = [p.requires_grad and not getattr(p, PROBE_MARK, False) for p in cands]
     if cands and all(selected):
-        budget = int((1.0 - sparsity) * sum(p.numel() for _, p in named))
+        budget = int((1.0 - config.sparsity) * sum(p.numel() for _, p in named))
         elements = min(budget, sum(p.numel() for p in cands))  # everything fits: all will be selected
         return 2 * elements * cands[0].element_size() + bookkeeping
     return sum(2 * p.numel() * p.element_size() for p, on in zip(cands, selected) if on) + bookkeeping
@@ -344,14 +371,11 @@ def blockllm_state_bytes(model: nn.Module, sparsity: float, frozen_patterns: tup
 BLOCKLLM = register(
     MethodSpec(
         name="blockllm",
+        config=BlockLLMConfig,
         builder=build_blockllm,
         state_bytes=blockllm_state_bytes,
-        defaults={
-            "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "sparsity": 0.9,
-            "update_freq": 1000, "num_bottom_to_sample": 1, "patience": 100, "param_update_interval": 20, "seed": 0,
-            "frozen_patterns": FROZEN_PATTERNS,  # the authors'; () makes embeddings/lm_head candidates too
-        },
         summary="BlockLLM: Adam on whole tensors ranked by ‖g‖/exp(visits/step), about (1-sparsity) of the elements",
         paper="arXiv 2406.17296",
+        needs_closure=True,
     )
 )

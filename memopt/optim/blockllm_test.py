@@ -1,10 +1,10 @@
-import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from memopt.optim import testing
 from memopt.optim.blockllm import BlockLLM, rank_and_fill
 
 
@@ -142,11 +142,7 @@ def lm_loss(model, x):
 
 
 def engine_step(model, opt, x):
-    """As memopt.train: backward before `step`, a closure that only returns the loss, zero_grad after."""
-    loss = lm_loss(model, x)
-    loss.backward()
-    opt.step(lambda: loss.detach())
-    opt.zero_grad(set_to_none=True)
+    testing.engine_step(opt, lm_loss(model, x))
 
 
 def closure_step(model, opt, x):
@@ -249,10 +245,7 @@ def test_resume_with_armed_probe_is_bit_exact(step_fn):
     ref = run(step_fn, xs, **HP)
     model, opt = run(step_fn, xs[:4], **HP)
     assert opt.probes  # saved between step 4 and 5, while a probe is armed
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
+    ck = testing.save_and_load(model, opt)
     resumed = Tiny()
     with torch.no_grad():
         for p in resumed.parameters():
@@ -361,3 +354,11 @@ def test_empty_frozen_patterns_makes_embeddings_candidates_and_trains_them():
 def test_frozen_patterns_checked(bad):
     with pytest.raises(ValueError, match="frozen_patterns"):
         BlockLLM(Tiny().named_parameters(), frozen_patterns=bad)
+
+
+def test_rejects_a_foreign_state_dict():
+    model = Tiny()
+    opt = BlockLLM(model.named_parameters())
+    adam = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="blockllm"):
+        opt.load_state_dict(adam.state_dict())

@@ -1,77 +1,56 @@
-"""Save model + optimizer mid-run, load into fresh ones with weights_only=True, continue: bit-equal to no break."""
+"""Every registered method's round trip (memopt.optim.optim_db): model + optimizer saved mid-run with
+torch.save, loaded with torch.load(weights_only=True) into fresh ones built from a different init, resume
+bit for bit, and the resumed part crosses each kind of the method's special events."""
 import pytest
 import torch
-from torch import nn
 
-from memopt.models import build_model
-from memopt.optim import build
+from memopt import optim
+from memopt.optim.optim_db import SAVE_AT, STEPS, TINY_MODEL, info, sample_params, tiny_model
+from memopt.optim.testing import run_pattern, save_and_load
 
-VOCAB = 64
-STEPS, SAVE_AT = 7, 3  # the resumed part (steps 3..6) crosses two projector refreshes / re-selections
-
-
-def micro(seed):
-    return build_model("llama-micro", vocab_size=VOCAB, max_position_embeddings=16, seed=seed)
+VOCAB = TINY_MODEL["vocab_size"]
 
 
-def run(model, opt, batches):
-    for x in batches:
-        def closure():
-            opt.zero_grad()
-            logits = model(x).logits
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), torch.roll(x, -1, 1).flatten())
-            loss.backward()
-            return loss
-        opt.step(closure)
+def flat(tree, prefix=""):
+    """A state_dict as {path: leaf}, so two can be compared leaf by leaf."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat(sub, f"{prefix}{i}/").items()}
+    return {prefix: tree}
 
 
-CASES = [
-    ("adamw", {"weight_decay": 0.1}),
-    ("adamw", {"weight_decay": 0.1, "fused": True}),
-    ("galore", {"rank": 4, "update_proj_gap": 2, "weight_decay": 0.1}),  # SVDs at 0, 2, 4, 6; saved after 3
-    ("galore", {"rank": 4, "update_proj_gap": 2, "proj_type": "full", "reset_state_on_refresh": True}),
-    ("galore", {"rank": 4, "update_proj_gap": 2, "svd": "randomized"}),  # seeded from the step: no RNG state to save
-    ("blockllm", {"sparsity": 0.8, "update_freq": 2, "patience": 1, "param_update_interval": 2}),
-]
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
 
 
-@pytest.mark.parametrize("name, hp", CASES)
-def test_round_trip_is_bit_exact(tmp_path, name, hp):
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, VOCAB, (2, 8), generator=gen) for _ in range(STEPS)]
+@pytest.mark.parametrize("name, hp", [pytest.param(n, hp, id=sid) for n, hp, sid in sample_params()])
+def test_round_trip_resumes_bit_for_bit(name, hp):
+    events = info(name).events
+    ref = tiny_model(0)
+    ref_opt = optim.build(name, ref, **hp)
+    start = [p.detach().clone() for p in ref.parameters()]  # after the build: it may swap modules
+    marks = run_pattern(ref, ref_opt, range(SAVE_AT), VOCAB, events)
+    ck = save_and_load(ref, ref_opt)  # mid-run: the reference goes on from here untouched
+    flags = [p.requires_grad for p in ref.parameters()]
+    marks += run_pattern(ref, ref_opt, range(SAVE_AT, STEPS), VOCAB, events)
 
-    ref = micro(0)
-    ref_opt = build(name, ref, **hp)
-    run(ref, ref_opt, batches)
-
-    first = micro(0)
-    opt = build(name, first, **hp)
-    run(first, opt, batches[:SAVE_AT])
-    torch.save({"model": first.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
-
-    resumed = micro(1)  # different init: only the checkpoint can make it equal
-    resumed_opt = build(name, resumed, **hp)
-    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    resumed = tiny_model(1)  # a different init: only the checkpoint can make it equal
+    resumed_opt = optim.build(name, resumed, **hp)
     resumed.load_state_dict(ck["model"])
     resumed_opt.load_state_dict(ck["optimizer"])
-    if name == "blockllm":  # flags follow the loaded selection before any step
-        assert [p.requires_grad for p in resumed.parameters()] == [p.requires_grad for p in first.parameters()]
-    run(resumed, resumed_opt, batches[SAVE_AT:])
+    # what the optimizer decides about the model (BlockLLM's requires_grad) follows the checkpoint at once
+    assert [p.requires_grad for p in resumed.parameters()] == flags
+    run_pattern(resumed, resumed_opt, range(SAVE_AT, STEPS), VOCAB)
 
-    for (n, a), b in zip(ref.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), n
-    moved = [not torch.equal(a, b) for a, b in zip(ref.parameters(), micro(0).parameters())]
-    assert any(moved)
-    if name == "blockllm":
-        assert ref_opt.num_selections >= 2  # a re-selection happened in the run
-        assert [p.requires_grad for p in ref.parameters()] == [p.requires_grad for p in resumed.parameters()]
-        assert torch.equal(ref_opt.visits, resumed_opt.visits)
-        assert torch.equal(ref_opt.grad_norms, resumed_opt.grad_norms)
-
-
-def test_blockllm_rejects_a_foreign_state_dict():
-    model = micro(0)
-    opt = build("blockllm", model)
-    adam = torch.optim.AdamW(model.parameters())
-    with pytest.raises(ValueError, match="blockllm"):
-        opt.load_state_dict(adam.state_dict())
+    for (key, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert any(not torch.equal(a, b) for a, b in zip(ref.parameters(), start))
+    a, b = flat(ref_opt.state_dict()), flat(resumed_opt.state_dict())
+    assert a.keys() == b.keys() and all(same(a[k], b[k]) for k in a), [k for k in a if not same(a[k], b.get(k))]
+    if events is not None:  # each kind of event happens after the save (marks[SAVE_AT - 1]: at the save)
+        after = marks[SAVE_AT - 1:]
+        for kind in range(len(after[0])):
+            assert len({m[kind] for m in after}) > 1, f"{name}: event kind {kind} does not happen after the save"

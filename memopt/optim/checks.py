@@ -2,9 +2,10 @@
 
     ValueError: invalid <name>: <value>; valid: <what is valid>
 
-`check` is the primitive; `check_range` and `check_choice` word the valid part
-for the common cases; `check_adam_args` is the lr/betas/eps/weight_decay block
-that every Adam-style constructor starts with (torch.optim.AdamW's checks).
+`check` is the primitive; `check_range`, `check_choice`, `check_bool` and
+`check_int` word the valid part for the common cases; `check_adam_args` is the
+lr/betas/eps/weight_decay block that every Adam-style constructor starts with
+(torch.optim.AdamW's checks).
 """
 from __future__ import annotations
 
@@ -51,6 +52,14 @@ def check_range(
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     check(value in choices, name, value, ", ".join(c if isinstance(c, str) else repr(c) for c in choices))
+
+
+def check_bool(name: str, value: Any) -> None:
+    check(isinstance(value, bool), name, value, "True or False")
+
+
+def check_int(name: str, value: Any) -> None:
+    check(is_int(value), name, value, "an int")
 
 
 def check_adam_args(lr: float, betas: Any, eps: float, weight_decay: float, zero_lr_ok: bool = False) -> None:

@@ -28,34 +28,48 @@ projector) plus the limiter's last norm, a 0-d tensor of the gradient's dtype
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from memopt.optim.checks import check, check_choice
-from memopt.optim.galore import GaLoreAdamW, galore_param_groups, galore_state_bytes
+from memopt.optim.checks import check_bool, check_choice
+from memopt.optim.galore import GaLoreAdamW, GaLoreConfig, galore_builder, galore_state_bytes
 from memopt.optim.registry import MethodSpec, register
+from memopt.optim.targets import split_params
 
 FIRA_PROJ_TYPES = ("std", "reverse_std", "left", "right")
 GROWTH_LIMIT = 1.01  # authors' gamma: the residual's norm may grow at most 1.01x per step
 
 
+@dataclass(frozen=True, kw_only=True)
+class FiraConfig(GaLoreConfig):
+    """GaLore's hyperparameters (the authors' llama_60m script uses GaLore's values) plus the residual's form."""
+
+    exact_residual: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # `full` gives an r x r projected gradient: no per-channel factor fits an m x n residual
+        check_choice("proj_type", self.proj_type, FIRA_PROJ_TYPES)
+        check_bool("exact_residual", self.exact_residual)
+
+
 class FiraAdamW(GaLoreAdamW):
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any, exact_residual: bool = False,
-                 **kwargs: Any) -> None:
-        check(isinstance(exact_residual, bool), "exact_residual", exact_residual, "True or False")
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any,
+                 exact_residual: bool = FiraConfig.exact_residual, **kwargs: Any) -> None:
+        check_bool("exact_residual", exact_residual)
         super().__init__(params, lr, *args, **kwargs)
         for group in self.param_groups:
             if group.get("rank") is not None:
-                # `full` gives an r x r projected gradient: no per-channel factor fits an m x n residual
-                check_choice("proj_type", group["proj_type"], FIRA_PROJ_TYPES)
+                check_choice("proj_type", group["proj_type"], FIRA_PROJ_TYPES)  # as FiraConfig: no `full`
         # A Fira-only default: filled into the groups made so far and, through self.defaults,
         # into any group added later.
         self.defaults["exact_residual"] = exact_residual
         for group in self.param_groups:
             group.setdefault("exact_residual", exact_residual)
-            check(isinstance(group["exact_residual"], bool), "exact_residual", group["exact_residual"], "True or False")
+            check_bool("exact_residual", group["exact_residual"])
 
     def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
                           low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
@@ -81,29 +95,17 @@ class FiraAdamW(GaLoreAdamW):
 
 
 # --- registry -------------------------------------------------------------------------------
-def build_fira(model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
-               betas: tuple[float, float], eps: float, weight_decay: float, exact_residual: bool) -> FiraAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type)
-    return FiraAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
-                     scale=scale, proj_type=proj_type, exact_residual=exact_residual)
-
-
-def fira_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -> int:
+def fira_state_bytes(model: nn.Module, config: FiraConfig) -> int:
     """GaLore's bytes plus one element (the limiter's norm) per projected weight, from step 1 on."""
-    hp.pop("exact_residual", None)
-    projected = [p for g in galore_param_groups(model, rank) if "rank" in g for p in g["params"]]
-    return galore_state_bytes(model, rank, proj_type, **hp) + sum(p.element_size() for p in projected)
+    return galore_state_bytes(model, config) + sum(p.element_size() for p in split_params(model)[0])
 
 
 FIRA = register(
     MethodSpec(
         name="fira",
-        builder=build_fira,
+        config=FiraConfig,
+        builder=galore_builder(FiraAdamW),
         state_bytes=fira_state_bytes,
-        defaults={  # the authors' llama_60m script: lr 0.01, alpha 0.25, rank 128, gap 200
-            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
-            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "exact_residual": False,
-        },
         summary="Fira: GaLore-Adam in the subspace plus the residual gradient scaled by ||N||/||R||, norm-growth limited",
         paper="arXiv 2410.01623",
     )

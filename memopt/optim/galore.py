@@ -41,12 +41,14 @@ plus 2*numel per plain tensor. Step counters are Python ints (no tensor bytes).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from memopt.optim.checks import check, check_adam_args, check_choice, check_range
+from memopt.optim.checks import check, check_adam_args, check_bool, check_choice, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.targets import TARGET_KEYS, split_params
 
@@ -90,36 +92,62 @@ def projected_state_elements(m: int, n: int, rank: int, proj_type: str) -> int:
     return 2 * rank * rank + rank * (m + n)
 
 
+def check_projected_shapes(rank: int, shapes: Iterable[tuple[int, ...]]) -> None:
+    """The check that needs the model: every projected weight is 2-D and at least `rank` wide."""
+    for shape in shapes:
+        check(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
+        check(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
+
+
 def check_galore_args(
     rank: int, update_proj_gap: int, scale: float, proj_type: str, full_rank_warmup_steps: int,
     reset_state_on_refresh: bool, shapes: Iterable[tuple[int, ...]] = (), svd: str = "full",
 ) -> None:
     check_range("rank", rank, 1, integer=True)
-    for shape in shapes:
-        check(len(shape) == 2, "projected tensor shape", tuple(shape), "2-D weights only")
-        check(rank <= min(shape), "rank", rank, f"1 <= rank <= {min(shape)} (smaller dimension of a {shape[0]}x{shape[1]} weight)")
+    check_projected_shapes(rank, shapes)
     check_range("update_proj_gap", update_proj_gap, 1, integer=True)
     check_range("scale", scale, 0.0, lo_open=True)
     check_choice("proj_type", proj_type, PROJ_TYPES)
     check_range("full_rank_warmup_steps", full_rank_warmup_steps, 0, integer=True)
-    check(isinstance(reset_state_on_refresh, bool), "reset_state_on_refresh", reset_state_on_refresh, "True or False")
+    check_bool("reset_state_on_refresh", reset_state_on_refresh)
     check_choice("svd", svd, SVD_KINDS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GaLoreConfig(AdamConfig):
+    """GaLore's hyperparameters. lr, rank, gap and scale: the authors' llama_60m script; eps: their
+    class (transformers' AdamW). Fira, GoLore and layer-wise GaLore extend it."""
+
+    lr: float = 0.01
+    eps: float = 1e-6
+    rank: int = 128
+    update_proj_gap: int = 200
+    scale: float = 0.25
+    proj_type: str = "std"
+    reset_state_on_refresh: bool = False  # seed "GaLore from scratch"; the authors never reset (issue 54)
+    full_rank_warmup_steps: int = 0
+    svd: str = "full"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_galore_args(self.rank, self.update_proj_gap, self.scale, self.proj_type, self.full_rank_warmup_steps,
+                          self.reset_state_on_refresh, svd=self.svd)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        update_proj_gap: int = 200,
-        scale: float = 0.25,
-        proj_type: str = "std",
-        reset_state_on_refresh: bool = False,
-        full_rank_warmup_steps: int = 0,
-        svd: str = "full",
+        lr: float = 1e-3,  # the authors' class default; GaLoreConfig's 0.01 is their scripts'
+        betas: tuple[float, float] = GaLoreConfig.betas,
+        eps: float = GaLoreConfig.eps,
+        weight_decay: float = GaLoreConfig.weight_decay,
+        update_proj_gap: int = GaLoreConfig.update_proj_gap,
+        scale: float = GaLoreConfig.scale,
+        proj_type: str = GaLoreConfig.proj_type,
+        reset_state_on_refresh: bool = GaLoreConfig.reset_state_on_refresh,
+        full_rank_warmup_steps: int = GaLoreConfig.full_rank_warmup_steps,
+        svd: str = GaLoreConfig.svd,
     ) -> None:
         check_adam_args(lr, betas, eps, weight_decay)
         check_galore_args(1, update_proj_gap, scale, proj_type, full_rank_warmup_steps, reset_state_on_refresh, svd=svd)
@@ -309,13 +337,13 @@ def fused_adam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: 
 def galore_param_groups(
     model: nn.Module,
     rank: int,
-    update_proj_gap: int = 200,
-    scale: float = 0.25,
-    proj_type: str = "std",
-    reset_state_on_refresh: bool = False,
-    full_rank_warmup_steps: int = 0,
+    update_proj_gap: int = GaLoreConfig.update_proj_gap,
+    scale: float = GaLoreConfig.scale,
+    proj_type: str = GaLoreConfig.proj_type,
+    reset_state_on_refresh: bool = GaLoreConfig.reset_state_on_refresh,
+    full_rank_warmup_steps: int = GaLoreConfig.full_rank_warmup_steps,
     targets: tuple[str, ...] = TARGET_KEYS,
-    svd: str = "full",
+    svd: str = GaLoreConfig.svd,
 ) -> list[dict[str, Any]]:
     """Two groups: the weights `targets.split_params` picks (projected), and every other trainable tensor."""
     projected, plain = split_params(model, targets)
@@ -332,43 +360,35 @@ def galore_param_groups(
 
 
 # --- registry -------------------------------------------------------------------------------
-def build_galore(
-    model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
-    betas: tuple[float, float], eps: float, weight_decay: float, reset_state_on_refresh: bool,
-    full_rank_warmup_steps: int, svd: str,
-) -> GaLoreAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh,
-                                 full_rank_warmup_steps, svd=svd)
-    return GaLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
-                       scale=scale, proj_type=proj_type, reset_state_on_refresh=reset_state_on_refresh,
-                       full_rank_warmup_steps=full_rank_warmup_steps, svd=svd)
+GROUP_OPTIONS = ("update_proj_gap", "scale", "proj_type", "reset_state_on_refresh", "full_rank_warmup_steps", "svd")
 
 
-def galore_state_bytes(model: nn.Module, rank: int, proj_type: str, **hp: Any) -> int:
+def galore_builder(optimizer_class: type[GaLoreAdamW]) -> Callable[[nn.Module, GaLoreConfig], GaLoreAdamW]:
+    """The builder of GaLoreAdamW or a subclass: a config's fields are the class's keyword arguments,
+    except `rank`, which only the projected group carries (with the per-group options, as the authors')."""
+    def build(model: nn.Module, config: GaLoreConfig) -> GaLoreAdamW:
+        kwargs = config.as_dict()
+        rank = kwargs.pop("rank")
+        return optimizer_class(galore_param_groups(model, rank, **{k: kwargs[k] for k in GROUP_OPTIONS}), **kwargs)
+    return build
+
+
+def galore_state_bytes(model: nn.Module, config: GaLoreConfig) -> int:
     """Bytes held between steps once past any full-rank warm-up (formula in the module docstring)."""
-    total = 0
-    for group in galore_param_groups(model, rank, proj_type=proj_type):
-        for p in group["params"]:
-            if "rank" in group:
-                check_galore_args(rank, hp.get("update_proj_gap", 200), hp.get("scale", 0.25), proj_type,
-                                  hp.get("full_rank_warmup_steps", 0), hp.get("reset_state_on_refresh", False),
-                                  [tuple(p.shape)], svd=hp.get("svd", "full"))
-                total += projected_state_elements(p.shape[0], p.shape[1], rank, proj_type) * p.element_size()
-            else:
-                total += 2 * p.numel() * p.element_size()
+    projected, plain = split_params(model)
+    check_projected_shapes(config.rank, [tuple(p.shape) for p in projected])
+    total = sum(2 * p.numel() * p.element_size() for p in plain)
+    for p in projected:
+        total += projected_state_elements(p.shape[0], p.shape[1], config.rank, config.proj_type) * p.element_size()
     return total
 
 
 GALORE = register(
     MethodSpec(
         name="galore",
-        builder=build_galore,
+        config=GaLoreConfig,
+        builder=galore_builder(GaLoreAdamW),
         state_bytes=galore_state_bytes,
-        defaults={
-            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
-            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "reset_state_on_refresh": False,
-            "full_rank_warmup_steps": 0, "svd": "full",
-        },
         summary="GaLore-AdamW: Adam moments in a rank-r SVD subspace of attention/MLP gradients, refreshed every T steps",
         paper="arXiv 2403.03507",
     )

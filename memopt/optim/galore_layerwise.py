@@ -29,19 +29,28 @@ the state bytes are GaLore's formula. What does not carry over (as in the author
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
-from torch import nn
 
 from memopt.optim.checks import check_range
-from memopt.optim.galore import GALORE, GaLoreAdamW, galore_param_groups, galore_state_bytes
+from memopt.optim.galore import GaLoreAdamW, GaLoreConfig, galore_builder, galore_state_bytes
 from memopt.optim.registry import MethodSpec, register
 
 
+@dataclass(frozen=True, kw_only=True)
+class LayerwiseGaLoreConfig(GaLoreConfig):
+    accumulation_steps: int = 1  # a run fact: the engine's micro-batches per optimizer step
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("accumulation_steps", self.accumulation_steps, 1, integer=True)
+
+
 class LayerwiseGaLoreAdamW(GaLoreAdamW):
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any, accumulation_steps: int = 1,
-                 **kwargs: Any) -> None:
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any,
+                 accumulation_steps: int = LayerwiseGaLoreConfig.accumulation_steps, **kwargs: Any) -> None:
         check_range("accumulation_steps", accumulation_steps, 1, integer=True)
         super().__init__(params, lr, *args, **kwargs)
         self.accumulation_steps = accumulation_steps
@@ -97,33 +106,14 @@ class LayerwiseGaLoreAdamW(GaLoreAdamW):
 
 
 # --- registry -------------------------------------------------------------------------------
-def build_galore_layerwise(
-    model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
-    betas: tuple[float, float], eps: float, weight_decay: float, reset_state_on_refresh: bool,
-    full_rank_warmup_steps: int, svd: str, accumulation_steps: int,
-) -> LayerwiseGaLoreAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type, reset_state_on_refresh,
-                                 full_rank_warmup_steps, svd=svd)
-    return LayerwiseGaLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
-                                reset_state_on_refresh=reset_state_on_refresh,
-                                full_rank_warmup_steps=full_rank_warmup_steps, svd=svd,
-                                accumulation_steps=accumulation_steps)
-
-
-def galore_layerwise_state_bytes(model: nn.Module, rank: int, proj_type: str, accumulation_steps: int = 1,
-                                 **hp: Any) -> int:
-    """GaLore's: the same state; the hooks and counters hold no tensors."""
-    return galore_state_bytes(model, rank, proj_type, **hp)
-
-
 GALORE_LAYERWISE = register(
     MethodSpec(
         name="galore-layerwise",
-        builder=build_galore_layerwise,
-        state_bytes=galore_layerwise_state_bytes,
-        defaults={**GALORE.defaults, "accumulation_steps": 1},
+        config=LayerwiseGaLoreConfig,
+        builder=galore_builder(LayerwiseGaLoreAdamW),
+        state_bytes=galore_state_bytes,  # GaLore's: the same state; the hooks and counters hold no tensors
         summary="GaLore-AdamW stepped inside backward per parameter (gradients freed at once), gradient accumulation kept",
         paper="arXiv 2403.03507",
+        steps_in_backward=True,
     )
 )

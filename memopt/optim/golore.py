@@ -35,14 +35,41 @@ projector is kept like the SVD one (regenerable from the seed, but kept, as thei
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
-from torch import nn
 
-from memopt.optim.checks import check, check_range, is_int
-from memopt.optim.galore import GaLoreAdamW, galore_param_groups, galore_state_bytes, projector_side
+from memopt.optim.checks import check, check_bool, check_int, check_range
+from memopt.optim.galore import GaLoreAdamW, GaLoreConfig, galore_builder, galore_state_bytes, projector_side
 from memopt.optim.registry import MethodSpec, register
+
+
+def check_golore_args(rand_ratio: float | None, total_steps: int | None, seed: int, project_momentum: bool) -> None:
+    if rand_ratio is not None:
+        check_range("rand_ratio", rand_ratio, 0.0, 1.0, hi_open=False)
+        check(total_steps is not None, "total_steps", total_steps,
+              "the run's optimizer-step count (an int >= 1) while rand_ratio is set: the switch to random "
+              "projectors happens at rand_ratio * total_steps; rand_ratio=None never switches (plain GaLore)")
+    if total_steps is not None:
+        check_range("total_steps", total_steps, 1, integer=True)
+    check_int("seed", seed)
+    check_bool("project_momentum", project_momentum)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoLoreConfig(GaLoreConfig):
+    """GaLore's, plus the switch (rand_ratio: the README's methods table); total_steps is a run fact that
+    the engine supplies."""
+
+    rand_ratio: float | None = 0.25
+    total_steps: int | None = None
+    seed: int = 0
+    project_momentum: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_golore_args(self.rand_ratio, self.total_steps, self.seed, self.project_momentum)
 
 
 def random_stiefel(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,17 +80,19 @@ def random_stiefel(rows: int, cols: int, generator: torch.Generator) -> torch.Te
 
 
 class GoLoreAdamW(GaLoreAdamW):
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any, rand_ratio: float | None = 0.25,
-                 total_steps: int | None = None, seed: int = 0, project_momentum: bool = True, **kwargs: Any) -> None:
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any,
+                 rand_ratio: float | None = GoLoreConfig.rand_ratio, total_steps: int | None = GoLoreConfig.total_steps,
+                 seed: int = GoLoreConfig.seed, project_momentum: bool = GoLoreConfig.project_momentum,
+                 **kwargs: Any) -> None:
         extra = dict(rand_ratio=rand_ratio, total_steps=total_steps, seed=seed, project_momentum=project_momentum)
-        _check_golore_args(**extra)
+        check_golore_args(**extra)
         super().__init__(params, lr, *args, **kwargs)
         # GoLore-only defaults: filled into the groups so far and, through self.defaults, later ones.
         self.defaults.update(extra)
         for group in self.param_groups:
             for key, value in extra.items():
                 group.setdefault(key, value)
-            _check_golore_args(**{k: group[k] for k in extra})
+            check_golore_args(**{k: group[k] for k in extra})
 
     def _param_index(self, p: torch.Tensor) -> int:
         flat = [q for g in self.param_groups for q in g["params"]]
@@ -106,44 +135,13 @@ class GoLoreAdamW(GaLoreAdamW):
             m.copy_(state["proj_left"].t() @ old["proj_left"] @ m @ old["proj_right"] @ state["proj_right"].t())
 
 
-def _check_golore_args(rand_ratio: float | None, total_steps: int | None, seed: int, project_momentum: bool) -> None:
-    if rand_ratio is not None:
-        check_range("rand_ratio", rand_ratio, 0.0, 1.0, hi_open=False)
-        check(total_steps is not None, "total_steps", total_steps,
-              "the run's optimizer-step count (an int >= 1) while rand_ratio is set: the switch to random "
-              "projectors happens at rand_ratio * total_steps; rand_ratio=None never switches (plain GaLore)")
-    if total_steps is not None:
-        check_range("total_steps", total_steps, 1, integer=True)
-    check(is_int(seed), "seed", seed, "an int")
-    check(isinstance(project_momentum, bool), "project_momentum", project_momentum, "True or False")
-
-
 # --- registry -------------------------------------------------------------------------------
-def build_golore(model: nn.Module, lr: float, rank: int, update_proj_gap: int, scale: float, proj_type: str,
-                 betas: tuple[float, float], eps: float, weight_decay: float, rand_ratio: float | None,
-                 total_steps: int | None, seed: int, project_momentum: bool) -> GoLoreAdamW:
-    groups = galore_param_groups(model, rank, update_proj_gap, scale, proj_type)
-    return GoLoreAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_proj_gap=update_proj_gap,
-                       scale=scale, proj_type=proj_type, rand_ratio=rand_ratio, total_steps=total_steps, seed=seed,
-                       project_momentum=project_momentum)
-
-
-def golore_state_bytes(model: nn.Module, rank: int, proj_type: str, rand_ratio: float | None = None,
-                       total_steps: int | None = None, seed: int = 0, project_momentum: bool = True, **hp: Any) -> int:
-    """GaLore's formula: the random projector has the SVD one's shape and is kept the same way."""
-    return galore_state_bytes(model, rank, proj_type, **hp)
-
-
 GOLORE = register(
     MethodSpec(
         name="golore",
-        builder=build_golore,
-        state_bytes=golore_state_bytes,
-        defaults={  # GaLore's defaults; rand_ratio 0.25 (see README methods table); total_steps must be given
-            "lr": 0.01, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std",
-            "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rand_ratio": 0.25, "total_steps": None,
-            "seed": 0, "project_momentum": True,
-        },
+        config=GoLoreConfig,
+        builder=galore_builder(GoLoreAdamW),
+        state_bytes=galore_state_bytes,  # the random projector has the SVD one's shape and is kept the same way
         summary="GoLore: GaLore whose projectors become random orthonormal (seeded QR) after rand_ratio of training",
         paper="arXiv 2410.11289",
     )

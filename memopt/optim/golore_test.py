@@ -2,11 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from memopt.memory import optimizer_state_bytes
-from memopt.optim import build, expected_state_bytes
 from memopt.optim.galore import GaLoreAdamW
 from memopt.optim.golore import GoLoreAdamW
-from memopt.optim.testing import Tiny, resume_matches, train
 
 
 def _grads(steps, seed=1):
@@ -86,26 +83,8 @@ def test_first_moment_is_carried_into_the_new_basis():
     torch.testing.assert_close(opt.state[tall]["exp_avg"], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_state_bytes_formula_and_resume_across_the_switch():
-    hp = dict(rank=2, update_proj_gap=2, rand_ratio=0.5, total_steps=8)
-    model = Tiny()
-    opt = build("golore", model, **hp)
-    train(model, opt, range(5))  # refresh at 4 was random
-    assert optimizer_state_bytes(opt) == expected_state_bytes("golore", model, **hp)
-
-    def make():
-        m = Tiny()
-        return m, build("golore", m, **hp)
-    assert resume_matches(make, k=3, n=5)  # SVD refresh at 2; random ones at 4 and 6 after the load
-
-
 @pytest.mark.parametrize("kw, word", [({"total_steps": None}, "total_steps"), ({"rand_ratio": 1.5}, "rand_ratio"),
                                       ({"total_steps": 0}, "total_steps"), ({"project_momentum": 1}, "project_momentum")])
 def test_bad_values_raise(kw, word):
     with pytest.raises(ValueError, match=word):
         GoLoreAdamW([{"params": [nn.Parameter(torch.randn(4, 4))], "rank": 2}], **{"total_steps": 10, **kw})
-
-
-def test_registry_default_needs_total_steps():
-    with pytest.raises(ValueError, match="total_steps"):
-        build("golore", Tiny())

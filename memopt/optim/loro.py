@@ -16,6 +16,7 @@ training loop (`step(use_exact_loro=...)`); here the optimizer counts steps itse
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +24,33 @@ from torch import nn
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.reparam import planned_trainables, reparameterize
 from memopt.optim.checks import check_adam_args, check_choice, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.targets import target_linears
+
+REFRESH_MODES = (None, "all", "lrk", "reg")
+
+
+def check_loro_args(exact_every: int, lr_scaler: float, refresh: str | None) -> None:
+    check_range("exact_every", exact_every, 1, integer=True)
+    check_range("lr_scaler", lr_scaler, -math.inf)  # any number; < 0 means r / max(shape)
+    check_choice("refresh", refresh, REFRESH_MODES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoROConfig(AdamConfig):
+    """The authors' scripts' values; eps as their HF-style AdamW."""
+
+    lr: float = 1e-2
+    eps: float = 1e-6
+    rank: int = 128
+    exact_every: int = 500
+    lr_scaler: float = -1.0
+    refresh: str | None = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("rank", self.rank, 1, integer=True)
+        check_loro_args(self.exact_every, self.lr_scaler, self.refresh)
 
 
 class LoROLinear(nn.Module):
@@ -68,11 +95,11 @@ def exact_step(M: torch.Tensor, N: torch.Tensor, dM: torch.Tensor, dN: torch.Ten
 class LoRO(torch.optim.Optimizer):
     """Groups with `loro=True` hold (M, N) pairs in order: [M1, N1, M2, N2, ...]."""
 
-    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
-                 exact_every: int = 500, lr_scaler: float = -1.0, refresh: str | None = "all"):
+    def __init__(self, params, lr: float = LoROConfig.lr, betas=LoROConfig.betas, eps: float = LoROConfig.eps,
+                 weight_decay: float = LoROConfig.weight_decay, exact_every: int = LoROConfig.exact_every,
+                 lr_scaler: float = LoROConfig.lr_scaler, refresh: str | None = LoROConfig.refresh):
         check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
-        check_range("exact_every", exact_every, 1)
-        check_choice("refresh", refresh, (None, "all", "lrk", "reg"))
+        check_loro_args(exact_every, lr_scaler, refresh)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, exact_every=int(exact_every),
                         lr_scaler=lr_scaler, refresh=refresh, loro=False, t=0)
         super().__init__(params, defaults)
@@ -145,29 +172,27 @@ class LoRO(torch.optim.Optimizer):
                         state["exp_avg_sq"].zero_()
 
 
-def build_loro(model, lr, betas, eps, weight_decay, rank, exact_every, lr_scaler, refresh):
-    check_range("rank", rank, 1)
+def build_loro(model: nn.Module, config: LoROConfig) -> LoRO:
+    c = config
     for _, lin in target_linears(model):
-        check_range("rank", rank, 1, min(lin.in_features, lin.out_features), hi_open=False)
-    modules = reparameterize(model, lambda i, n, lin: LoROLinear(lin, rank))
+        check_range("rank", c.rank, 1, min(lin.in_features, lin.out_features), hi_open=False)
+    modules = reparameterize(model, lambda i, n, lin: LoROLinear(lin, c.rank))
     pairs = [p for m in modules for p in (m.weight_out, m.weight_in)]
     ids = {id(p) for p in pairs}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": rest}, {"params": pairs, "loro": True}]
-    return LoRO([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                exact_every=exact_every, lr_scaler=lr_scaler, refresh=refresh)
+    return LoRO([g for g in groups if g["params"]], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
+                exact_every=c.exact_every, lr_scaler=c.lr_scaler, refresh=c.refresh)
 
 
-def loro_state_bytes(model, rank, **_):
+def loro_state_bytes(model: nn.Module, config: LoROConfig) -> int:
     # two moments per element; step counts are Python ints
-    return sum(2 * n * el for n, el in planned_trainables(model, rank))
+    return sum(2 * n * el for n, el in planned_trainables(model, config.rank))
 
 
 register(MethodSpec(
-    name="loro", builder=build_loro, state_bytes=loro_state_bytes,
-    defaults={"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rank": 128,
-              "exact_every": 500, "lr_scaler": -1.0, "refresh": "all"},
+    name="loro", config=LoROConfig, builder=build_loro, state_bytes=loro_state_bytes,
     summary="W = M·Nᵀ moved along the Riemannian gradient of the rank-r manifold: exact retraction every K steps "
             "(then states reset), cheap scaled factor steps between",
-    paper="arXiv 2410.11773",
+    paper="arXiv 2410.11773", reparameterizes=True,
 ))

@@ -16,7 +16,11 @@ the ReLoRA authors' repo (Guitaricet/relora), with deviations noted:
   benchmark's optional SVD re-factorization every cycle is not implemented.
 - ReLoRA: frozen W plus B·A·α/r; every `relora_steps` steps W += B·A·α/r, A is
   re-drawn kaiming, B zeroed, the Adam moments of A and B keep only entries above
-  the `prune_ratio` magnitude quantile (authors' scripts: 0.9), and the lr follows a
+  the `prune_ratio` magnitude quantile (authors' scripts: 0.9), each moment by its own
+  quantile as theirs, except that an entry whose second moment is pruned loses its
+  first moment too (fixed: with separate masks a kept m over a zeroed v steps by
+  m/eps, and right after a merge B = 0 leaves A without gradient to refill v, so A
+  jumped to ~1e4 at the first merge of a llama-micro run), and the lr follows a
   jagged restart: ×j/restart_warmup_steps for the j-th step after a merge (j = 0
   first, as in their cosine_restarts schedule). The merge happens inside
   `optimizer.step()` after the update, so the training loop needs nothing (the
@@ -27,14 +31,60 @@ the ReLoRA authors' repo (Guitaricet/relora), with deviations noted:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memopt.optim.adamw import trainable
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.checks import check_range
+from memopt.optim.checks import check_int, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.targets import target_linears
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowRankConfig(AdamConfig):
+    """The benchmark repo's: torch AdamW's block, rank 128, alpha 32. SLTrain and ReLoRA extend it."""
+
+    rank: int = 128
+    alpha: float = 32.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("rank", self.rank, 1, integer=True)
+        check_range("alpha", self.alpha, 0.0, lo_open=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SLTrainConfig(LowRankConfig):
+    density: float = 0.03  # the paper's δ; the benchmark's CLI default is 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("density", self.density, 0.0, 1.0, lo_open=True)
+        check_int("seed", self.seed)
+
+
+def check_relora_args(relora_steps: int, restart_warmup_steps: int, prune_ratio: float, seed: int) -> None:
+    check_range("relora_steps", relora_steps, 1, integer=True)
+    check_range("prune_ratio", prune_ratio, 0.0, 1.0)
+    check_range("restart_warmup_steps", restart_warmup_steps, 0, relora_steps, hi_open=False, integer=True)
+    check_int("seed", seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReLoRAConfig(LowRankConfig):
+    relora_steps: int = 2000
+    restart_warmup_steps: int = 100
+    prune_ratio: float = 0.9  # the authors' scripts
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_relora_args(self.relora_steps, self.restart_warmup_steps, self.prune_ratio, self.seed)
 
 
 def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -119,28 +169,19 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _adamw(params, lr, betas, eps, weight_decay, cls=torch.optim.AdamW, **kw):
-    return cls(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True, **kw)
-
-
-def _checks(rank: int, alpha: float) -> None:
-    check_range("rank", rank, 1)
-    check_range("alpha", alpha, 0.0, lo_open=True)
+def adam_kwargs(config: AdamConfig) -> dict:
+    """torch AdamW's keyword arguments (foreach, as the adamw baseline) from a config's Adam block."""
+    return dict(lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, foreach=True)
 
 
 # ---- Low-Rank ----
 
-def build_low_rank(model, lr, betas, eps, weight_decay, rank, alpha):
-    _checks(rank, alpha)
-    reparameterize(model, lambda i, n, lin: LowRankLinear(lin, rank, alpha))
+def build_low_rank(model: nn.Module, config: LowRankConfig) -> torch.optim.AdamW:
+    reparameterize(model, lambda i, n, lin: LowRankLinear(lin, config.rank, config.alpha))
     for m in model.modules():
         if isinstance(m, LowRankLinear):
             _kaiming(m.lora_B.data)
-    return _adamw(_trainable(model), lr, betas, eps, weight_decay)
+    return torch.optim.AdamW(trainable(model), **adam_kwargs(config))
 
 
 def planned_trainables(model: nn.Module, rank: int, density: float = 0.0):
@@ -168,21 +209,20 @@ def adamw_bytes(tensors) -> int:
     return sum(2 * n * el + 4 for n, el in tensors)
 
 
-def low_rank_state_bytes(model, rank, **_):
-    return adamw_bytes(planned_trainables(model, rank))
+def low_rank_state_bytes(model: nn.Module, config: LowRankConfig) -> int:
+    return adamw_bytes(planned_trainables(model, config.rank))  # also ReLoRA's: the frozen W holds no state
 
 
 # ---- SLTrain ----
 
-def build_sltrain(model, lr, betas, eps, weight_decay, rank, alpha, density, seed):
-    _checks(rank, alpha)
-    check_range("density", density, 0.0, 1.0, lo_open=True)
-    reparameterize(model, lambda i, n, lin: SparseLowRankLinear(lin, rank, alpha, density, seed * 100_003 + i))
-    return _adamw(_trainable(model), lr, betas, eps, weight_decay)
+def build_sltrain(model: nn.Module, config: SLTrainConfig) -> torch.optim.AdamW:
+    c = config
+    reparameterize(model, lambda i, n, lin: SparseLowRankLinear(lin, c.rank, c.alpha, c.density, c.seed * 100_003 + i))
+    return torch.optim.AdamW(trainable(model), **adam_kwargs(c))
 
 
-def sltrain_state_bytes(model, rank, density, **_):
-    return adamw_bytes(planned_trainables(model, rank, density))
+def sltrain_state_bytes(model: nn.Module, config: SLTrainConfig) -> int:
+    return adamw_bytes(planned_trainables(model, config.rank, config.density))
 
 
 # ---- ReLoRA ----
@@ -191,10 +231,8 @@ class ReLoRAAdamW(torch.optim.AdamW):
     """torch AdamW whose step also runs ReLoRA's merge, partial reset and jagged lr restarts."""
 
     def __init__(self, params, modules: list[LowRankLinear], relora_steps: int, restart_warmup_steps: int,
-                 prune_ratio: float, seed: int = 0, **kw):
-        check_range("relora_steps", relora_steps, 1)
-        check_range("prune_ratio", prune_ratio, 0.0, 1.0)
-        check_range("restart_warmup_steps", restart_warmup_steps, 0, relora_steps, hi_open=False)
+                 prune_ratio: float, seed: int = ReLoRAConfig.seed, **kw):
+        check_relora_args(relora_steps, restart_warmup_steps, prune_ratio, seed)
         super().__init__(params, **kw)
         self.modules = modules
         for g in self.param_groups:
@@ -235,9 +273,10 @@ class ReLoRAAdamW(torch.optim.AdamW):
                 seed * 1_000_003 + merge_number * 7_919 + i))
             m.lora_B.zero_()
             for p in (m.lora_A, m.lora_B):
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in self.state[p]:
-                        self.state[p][key] = magnitude_prune(self.state[p][key], ratio)
+                state = self.state[p]
+                if "exp_avg" in state:
+                    state["exp_avg_sq"] = magnitude_prune(state["exp_avg_sq"], ratio)
+                    state["exp_avg"] = magnitude_prune(state["exp_avg"], ratio) * (state["exp_avg_sq"] != 0)
 
 
 def magnitude_prune(t: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -249,40 +288,30 @@ def magnitude_prune(t: torch.Tensor, ratio: float) -> torch.Tensor:
     return t * (mag > threshold).to(t.dtype)
 
 
-def build_relora(model, lr, betas, eps, weight_decay, rank, alpha, relora_steps, restart_warmup_steps, prune_ratio,
-                 seed):
-    _checks(rank, alpha)
+def build_relora(model: nn.Module, config: ReLoRAConfig) -> ReLoRAAdamW:
+    c = config
 
     def make(i, name, lin):
-        m = LowRankLinear(lin, rank, alpha, keep_weight=True)
+        m = LowRankLinear(lin, c.rank, c.alpha, keep_weight=True)
         nn.init.zeros_(m.lora_B)  # B = 0: the wrapped model computes exactly what it did before
         return m
     modules = reparameterize(model, make)
-    return ReLoRAAdamW(_trainable(model), modules, relora_steps, restart_warmup_steps, prune_ratio, seed,
-                       lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True)
+    return ReLoRAAdamW(trainable(model), modules, c.relora_steps, c.restart_warmup_steps, c.prune_ratio, c.seed,
+                       **adam_kwargs(c))
 
 
-def relora_state_bytes(model, rank, **_):
-    return adamw_bytes(planned_trainables(model, rank))  # the frozen W holds no state
-
-
-_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 register(MethodSpec(
-    name="low-rank", builder=build_low_rank, state_bytes=low_rank_state_bytes,
-    defaults={**_ADAM, "rank": 128, "alpha": 32.0},
+    name="low-rank", config=LowRankConfig, builder=build_low_rank, state_bytes=low_rank_state_bytes,
     summary="each target W replaced by B·A·α/r, trained from scratch with AdamW",
-    paper="arXiv 2505.22922",
+    paper="arXiv 2505.22922", reparameterizes=True,
 ))
 register(MethodSpec(
-    name="sltrain", builder=build_sltrain, state_bytes=sltrain_state_bytes,
-    defaults={**_ADAM, "rank": 128, "alpha": 32.0, "density": 0.03, "seed": 0},
+    name="sltrain", config=SLTrainConfig, builder=build_sltrain, state_bytes=sltrain_state_bytes,
     summary="W = B·A·α/r + S with S on a fixed random support of δ·mn entries (δ 0.03)",
-    paper="arXiv 2406.02214",
+    paper="arXiv 2406.02214", reparameterizes=True,
 ))
 register(MethodSpec(
-    name="relora", builder=build_relora, state_bytes=relora_state_bytes,
-    defaults={**_ADAM, "rank": 128, "alpha": 32.0, "relora_steps": 2000, "restart_warmup_steps": 100,
-              "prune_ratio": 0.9, "seed": 0},
+    name="relora", config=ReLoRAConfig, builder=build_relora, state_bytes=low_rank_state_bytes,
     summary="frozen W + B·A merged every relora_steps, optimizer states magnitude-pruned, jagged lr restarts",
-    paper="arXiv 2307.05695",
+    paper="arXiv 2307.05695", reparameterizes=True,
 ))

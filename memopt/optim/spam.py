@@ -8,13 +8,75 @@ Global step counters live in each param group, so `state_dict()` carries them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from memopt.optim.adamw import trainable
 from memopt.optim.registry import MethodSpec, register
-from memopt.optim.checks import check, check_adam_args, check_range
+from memopt.optim.checks import check, check_adam_args, check_bool, check_int, check_range
+from memopt.optim.config import AdamConfig
 from memopt.optim.targets import split_params
+
+
+def check_spam_args(threshold: float, reset_interval: int, warmup_steps: int, clip_delay: int, density: float,
+                    seed: int) -> None:
+    check_range("threshold", threshold, 0.0)
+    check_range("reset_interval", reset_interval, 0, integer=True)
+    check_range("warmup_steps", warmup_steps, 0, integer=True)
+    check_range("clip_delay", clip_delay, 0, integer=True)
+    check_range("density", density, 0.0, 1.0, lo_open=True, hi_open=False)
+    check_int("seed", seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SPAMConfig(AdamConfig):
+    """The authors' class defaults."""
+
+    eps: float = 1e-6
+    threshold: float = 5000.0
+    reset_interval: int = 500
+    warmup_steps: int = 150
+    clip_delay: int = 20
+    density: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_spam_args(self.threshold, self.reset_interval, self.warmup_steps, self.clip_delay, self.density,
+                        self.seed)
+
+
+def check_stable_spam_args(gamma1: float, gamma2: float, gamma3: float, reset_interval: int,
+                           total_steps: int | None, eta_min: float, separate_ema_step: bool) -> None:
+    if gamma1 != -1:  # authors: gamma1 = -1 means "use beta1"
+        check_range("gamma1", gamma1, 0.0, 1.0)
+    check_range("gamma2", gamma2, 0.0, 1.0)
+    check_range("gamma3", gamma3, 0.0, 1.0)
+    check_range("reset_interval", reset_interval, 0, integer=True)
+    check_range("eta_min", eta_min, 0.0, 1.0, hi_open=False)
+    if total_steps is not None:
+        check_range("total_steps", total_steps, 1, integer=True)
+    check_bool("separate_ema_step", separate_ema_step)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StableSPAMConfig(AdamConfig):
+    """The authors' class signature (gamma1 0.7, gamma2 0.9; their pretraining scripts differ, METHODS.md)."""
+
+    gamma1: float = 0.7
+    gamma2: float = 0.9
+    gamma3: float = 0.999
+    reset_interval: int = 1000
+    total_steps: int | None = None  # the authors' total_T: None leaves the cosine beta1/gamma1 schedule off
+    eta_min: float = 0.5
+    separate_ema_step: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_stable_spam_args(self.gamma1, self.gamma2, self.gamma3, self.reset_interval, self.total_steps,
+                               self.eta_min, self.separate_ema_step)
 
 
 def spam_warmup_factor(t: int, reset_interval: int, warmup_steps: int) -> float:
@@ -49,15 +111,13 @@ class SPAM(torch.optim.Optimizer):
     weight decay to a copy for masked groups (a no-op); here it decays every entry.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
-                 threshold: float = 5000.0, reset_interval: int = 500, warmup_steps: int = 150,
-                 clip_delay: int = 20, density: float = 1.0, seed: int = 0):
+    def __init__(self, params, lr: float = SPAMConfig.lr, betas=SPAMConfig.betas, eps: float = SPAMConfig.eps,
+                 weight_decay: float = SPAMConfig.weight_decay, threshold: float = SPAMConfig.threshold,
+                 reset_interval: int = SPAMConfig.reset_interval, warmup_steps: int = SPAMConfig.warmup_steps,
+                 clip_delay: int = SPAMConfig.clip_delay, density: float = SPAMConfig.density,
+                 seed: int = SPAMConfig.seed):
         check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
-        check_range("threshold", threshold, 0.0)
-        check_range("reset_interval", reset_interval, 0)
-        check_range("warmup_steps", warmup_steps, 0)
-        check_range("clip_delay", clip_delay, 0)
-        check_range("density", density, 0.0, 1.0, lo_open=True, hi_open=False)
+        check_spam_args(threshold, reset_interval, warmup_steps, clip_delay, density, seed)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, threshold=threshold,
                         reset_interval=int(reset_interval), warmup_steps=int(warmup_steps),
                         clip_delay=int(clip_delay), density=density, seed=int(seed), total_step=0)
@@ -156,19 +216,16 @@ class StableSPAM(torch.optim.Optimizer):
     moments and the next step starts from zeros; here the reset step starts from zero.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999, reset_interval: int = 1000,
-                 total_steps: int | None = None, eta_min: float = 0.5, separate_ema_step: bool = False):
+    def __init__(self, params, lr: float = StableSPAMConfig.lr, betas=StableSPAMConfig.betas,
+                 eps: float = StableSPAMConfig.eps, weight_decay: float = StableSPAMConfig.weight_decay,
+                 gamma1: float = StableSPAMConfig.gamma1, gamma2: float = StableSPAMConfig.gamma2,
+                 gamma3: float = StableSPAMConfig.gamma3, reset_interval: int = StableSPAMConfig.reset_interval,
+                 total_steps: int | None = StableSPAMConfig.total_steps, eta_min: float = StableSPAMConfig.eta_min,
+                 separate_ema_step: bool = StableSPAMConfig.separate_ema_step):
         check_adam_args(lr, betas, eps, weight_decay, zero_lr_ok=True)
+        check_stable_spam_args(gamma1, gamma2, gamma3, reset_interval, total_steps, eta_min, separate_ema_step)
         if gamma1 == -1:  # authors: gamma1 = -1 means "use beta1"
             gamma1 = betas[0]
-        check_range("gamma1", gamma1, 0.0, 1.0)
-        check_range("gamma2", gamma2, 0.0, 1.0)
-        check_range("gamma3", gamma3, 0.0, 1.0)
-        check_range("reset_interval", reset_interval, 0)
-        check_range("eta_min", eta_min, 0.0, 1.0, hi_open=False)
-        if total_steps is not None:
-            check_range("total_steps", total_steps, 1)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         gamma3=gamma3, reset_interval=int(reset_interval), total_steps=total_steps, eta_min=eta_min,
                         separate_ema_step=bool(separate_ema_step), total_step=0)
@@ -241,51 +298,39 @@ class StableSPAM(torch.optim.Optimizer):
 
 # ---- registry ----
 
-def build_spam(model: nn.Module, lr, betas, eps, weight_decay, threshold, reset_interval, warmup_steps, clip_delay,
-               density, seed) -> SPAM:
+def build_spam(model: nn.Module, config: SPAMConfig) -> SPAM:
     targets, rest = split_params(model)
-    groups = [{"params": rest, "density": 1.0}, {"params": targets, "density": density}]
-    return SPAM([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                threshold=threshold, reset_interval=reset_interval, warmup_steps=warmup_steps,
-                clip_delay=clip_delay, density=density, seed=seed)
+    groups = [{"params": rest, "density": 1.0}, {"params": targets, "density": config.density}]
+    return SPAM([g for g in groups if g["params"]], **config.as_dict())
 
 
-def spam_state_bytes(model: nn.Module, density: float, **_) -> int:
+def spam_state_bytes(model: nn.Module, config: SPAMConfig) -> int:
     targets, rest = split_params(model)
     dense = sum(2 * p.numel() * p.element_size() for p in rest)
-    if density >= 1.0:
+    if config.density >= 1.0:
         return dense + sum(2 * p.numel() * p.element_size() for p in targets)
     # kept moments + one bool mask byte per element
-    return dense + sum(2 * int(density * p.numel()) * p.element_size() + p.numel() for p in targets)
+    return dense + sum(2 * int(config.density * p.numel()) * p.element_size() + p.numel() for p in targets)
 
 
-def build_stable_spam(model: nn.Module, lr, betas, eps, weight_decay, gamma1, gamma2, gamma3, reset_interval,
-                      total_steps, eta_min, separate_ema_step) -> StableSPAM:
-    return StableSPAM([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, eps=eps,
-                      weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
-                      reset_interval=reset_interval, total_steps=total_steps, eta_min=eta_min,
-                      separate_ema_step=separate_ema_step)
+def build_stable_spam(model: nn.Module, config: StableSPAMConfig) -> StableSPAM:
+    return StableSPAM(trainable(model), **config.as_dict())
 
 
-def stable_spam_state_bytes(model: nn.Module, **_) -> int:
+def stable_spam_state_bytes(model: nn.Module, config: StableSPAMConfig) -> int:
     # two moments, plus three fp32 scalars (EMAs of max|g|, ‖g‖, ‖g‖²) per tensor
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     return sum(2 * p.numel() * p.element_size() + 12 for p in params)
 
 
 register(MethodSpec(
-    name="spam", builder=build_spam, state_bytes=spam_state_bytes,
-    defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "threshold": 5000.0,
-              "reset_interval": 500, "warmup_steps": 150, "clip_delay": 20, "density": 1.0, "seed": 0},
+    name="spam", config=SPAMConfig, builder=build_spam, state_bytes=spam_state_bytes,
     summary="Adam with momentum reset every 500 steps + 150-step cosine warm-up, spike clipping at 5000·v, "
             "optional sparse momentum (density)",
     paper="arXiv 2501.06842",
 ))
 register(MethodSpec(
-    name="stable-spam", builder=build_stable_spam, state_bytes=stable_spam_state_bytes,
-    defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "gamma1": 0.7, "gamma2": 0.9,
-              "gamma3": 0.999, "reset_interval": 1000, "total_steps": None, "eta_min": 0.5,
-              "separate_ema_step": False},
+    name="stable-spam", config=StableSPAMConfig, builder=build_stable_spam, state_bytes=stable_spam_state_bytes,
     summary="SPAM with adaptive clipping to an EMA of max|g|, gradient-norm normalization, moment reset every 1000",
     paper="arXiv 2502.17055",
 ))

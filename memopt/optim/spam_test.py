@@ -3,11 +3,7 @@ import math
 import pytest
 import torch
 
-from memopt.memory import optimizer_state_bytes
-from memopt.models import build_model
-from memopt.optim import build, expected_state_bytes
 from memopt.optim.spam import SPAM, StableSPAM, spam_warmup_factor
-from memopt.optim.testing import Tiny, resume_matches, train
 
 
 def _one_param_step(opt, p, g):
@@ -76,32 +72,6 @@ def test_sparse_momentum_mask():
     _one_param_step(opt, w, torch.ones(6, 5).tolist())
     _one_param_step(opt, w, torch.ones(6, 5).tolist())  # reset: new mask, same count
     assert int(opt.state[w]["mask"].sum()) == 9 and not torch.equal(opt.state[w]["mask"], mask)
-
-
-@pytest.mark.parametrize("density", [1.0, 0.5])
-def test_spam_state_bytes_formula(density):
-    for model in (Tiny(), build_model("llama-micro", vocab_size=64)):
-        opt = build("spam", model, density=density)
-        vocab = 16 if isinstance(model, Tiny) else 64
-        train(model, opt, range(2), vocab)
-        assert optimizer_state_bytes(opt) == expected_state_bytes("spam", model, density=density)
-
-
-def test_stable_spam_state_bytes_formula():
-    for model, vocab in ((Tiny(), 16), (build_model("llama-micro", vocab_size=64), 64)):
-        opt = build("stable-spam", model)
-        train(model, opt, range(2), vocab)
-        assert optimizer_state_bytes(opt) == expected_state_bytes("stable-spam", model)
-
-
-@pytest.mark.parametrize("name,kw", [("spam", {"reset_interval": 3, "warmup_steps": 2, "clip_delay": 1}),
-                                     ("spam", {"reset_interval": 3, "density": 0.5}),
-                                     ("stable-spam", {"reset_interval": 3, "total_steps": 10})])
-def test_resume_bit_for_bit(name, kw):
-    def make():
-        m = Tiny()
-        return m, build(name, m, **kw)
-    assert resume_matches(make, k=2, n=4)
 
 
 def test_stable_spam_adaptive_clip_and_normalization():

@@ -1,9 +1,11 @@
-"""Test helpers shared by the family's tests: tiny models, a seeded loss and a
-save/load resume check. Measured state bytes: memopt.memory.optimizer_state_bytes."""
+"""Test helpers shared by the family's tests: tiny models, seeded and learnable data,
+the training engine's step, and a save/load resume run. Measured state bytes:
+memopt.memory.optimizer_state_bytes. The contract every registered method meets is
+memopt.optim.optim_db."""
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Any, Callable, Hashable
 
 import torch
 from torch import nn
@@ -47,6 +49,49 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, vocab: int
         opt.step(closure)
 
 
+def logits_of(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def pattern_batch(step: int, vocab: int, rows: int = 4, seq: int = 16) -> torch.Tensor:
+    """A learnable sequence: each row counts up by one (mod vocab) from a seeded random start, so every
+    next token follows from the current one and a model can drive the loss towards 0."""
+    start = torch.randint(0, vocab, (rows, 1), generator=torch.Generator().manual_seed(step))
+    return (start + torch.arange(seq)) % vocab
+
+
+def next_token_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = logits_of(model(x))[:, :-1]
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+def engine_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimizer step as memopt.train takes it: backward outside `step`, a closure that only returns
+    the loss, zero_grad after."""
+    loss.backward()
+    opt.step(lambda: loss.detach())
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def run_pattern(model: nn.Module, opt: torch.optim.Optimizer, steps: range, vocab: int,
+                marker: Callable[[nn.Module, torch.optim.Optimizer], Hashable] | None = None) -> list[Any]:
+    """engine_step on pattern_batch(step) for each step; returns marker(model, opt) after each step (or the losses)."""
+    seen = []
+    for s in steps:
+        loss = engine_step(opt, next_token_loss(model, pattern_batch(s, vocab)))
+        seen.append(loss if marker is None else marker(model, opt))
+    return seen
+
+
+def save_and_load(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """torch.save of model and optimizer state, read back with torch.load(weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
 def resume_matches(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], k: int, n: int, vocab: int = 16) -> bool:
     """Train k+n steps straight vs k steps, save, load into a fresh (model, opt), n more.
     True when every parameter is bitwise equal."""
@@ -54,13 +99,10 @@ def resume_matches(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], 
     train(m1, o1, range(k + n), vocab)
     m2, o2 = make()
     train(m2, o2, range(k), vocab)
-    buf = io.BytesIO()
-    torch.save({"model": m2.state_dict(), "opt": o2.state_dict()}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
+    ck = save_and_load(m2, o2)
     m3, o3 = make()
     m3.load_state_dict(ck["model"])
-    o3.load_state_dict(ck["opt"])
+    o3.load_state_dict(ck["optimizer"])
     train(m3, o3, range(k, k + n), vocab)
     a, b = m1.state_dict(), m3.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
