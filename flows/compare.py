@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -25,9 +26,9 @@ from flows.method import Target, run_method
 from memopt import preflight
 from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
-from memopt.config import CompareConfig, ConfigError
+from memopt.config import CompareConfig, ConfigError, as_logged_before_regimes
 from memopt.models import is_preset
-from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, open_comparison
+from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, log_transformers_model, open_comparison
 from memopt.vocabulary import CONFIG_PARAM, Tag
 from tasks.base import BaseSpec, base_model, base_record
 from tasks.data import tokenize
@@ -93,7 +94,12 @@ def made_base_model(client: MlflowClient, config: CompareConfig, parent: str) ->
         fail_run(client, parent, reason)
         raise ComparisonIncomplete(reason)
     record = base_record(state.result())
-    client.log_batch(parent, tags=[RunTag(Tag.BASE_MODEL, record["model_dir"]), RunTag(Tag.BASE_MODEL_ID, record["model_id"])])
+    model_id = record["model_id"]
+    try:
+        client.get_logged_model(model_id)
+    except MlflowException:  # made for another store (same output folder): logged into this one, not trained again
+        model_id = log_transformers_model(client, parent, record["model_dir"], name="base-model")
+    client.log_batch(parent, tags=[RunTag(Tag.BASE_MODEL, record["model_dir"]), RunTag(Tag.BASE_MODEL_ID, model_id)])
     return record["model_dir"]
 
 
@@ -120,9 +126,7 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
     params = MlflowClient(uri).get_run(cfg.resume).data.params
     if CONFIG_PARAM not in params:
         raise ConfigError(f"--resume: run {cfg.resume} is not a memopt comparison (it has no {CONFIG_PARAM!r} param)")
-    logged = json.loads(params[CONFIG_PARAM])
-    if "regime" not in logged:  # logged before regimes, sweeps and seeds: it finishes as it began
-        logged.update(regime="pretrain", sweep_steps=0)
+    logged = as_logged_before_regimes(json.loads(params[CONFIG_PARAM]))
     return validate(CompareConfig, {**logged, "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
 
 

@@ -387,6 +387,12 @@ class CompareConfig(WithTraining):
         return {**hp, **self.method_args.get(method, {})}
 
 
+def as_logged_before_regimes(logged: dict[str, Any]) -> dict[str, Any]:
+    """A configuration read back from a parent run's config_json. One logged before regimes, sweeps and seeds
+    existed ran in the pretrain regime at each method's own lr: it finishes that way."""
+    return logged if "regime" in logged else {**logged, "regime": "pretrain", "sweep_steps": 0}
+
+
 class TrainConfig(WithTraining):
     """What one training process (`python -m memopt.train CONFIG.json`) is told."""
 
