@@ -9,7 +9,9 @@ training configuration, the run id included).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 from prefect import get_run_logger
@@ -52,13 +54,13 @@ def run_method(target: Target, method: str) -> str:
         log.error("%s: FAILED: %s", method, failure)
         return "FAILED"
     log_params_once(client, run_id, {Param.CHOSEN_LR: lr, Param.SEEDS: ",".join(map(str, config.final_seeds))})
-    failures = []
-    for seed in config.final_seeds:
-        seed_run = nested_run(client, run_id, Role.SEED, f"{method} seed={seed}", {Tag.METHOD: method, Tag.SEED: str(seed)})
-        reason = train_run(target, method, seed_run, seed_options(config, seed, lr if config.lr_source(method) == "sweep" else None),
-                           seed_dir(target.method_dir(method), seed), f"train-{method}-seed{seed}", evaluate_model=True)
-        if reason:
-            failures.append(f"seed {seed}: {reason}")
+    method_dir = target.method_dir(method)
+    jobs = [Job(nested_run(client, run_id, Role.SEED, f"{method} seed={seed}", {Tag.METHOD: method, Tag.SEED: str(seed)}),
+                seed_options(config, seed, lr if config.lr_source(method) == "sweep" else None), seed_dir(method_dir, seed),
+                f"train-{method}-seed{seed}") for seed in config.final_seeds]
+    # one at a time: each seed run's speed and peak memory are measured with the machine to itself
+    reasons = train_runs(target, method, jobs, evaluate_model=True, at_once=1)
+    failures = [f"seed {seed}: {reason}" for seed, reason in zip(config.final_seeds, reasons) if reason]
     finished = [r for r in seed_runs(client, run_id) if r.info.status == "FINISHED"]
     if finished:
         log_seed_summary(client, run_id, finished, int(finished[0].data.params[Param.TOTAL_STEPS]))
@@ -77,12 +79,13 @@ def choose_lr(target: Target, method: str, run_id: str) -> tuple[float, str]:
     log_params_once(client, run_id, {Param.LR_SOURCE: config.lr_source(method), Param.LR_GRID: ",".join(f"{x:g}" for x in grid)})
     if not grid:
         return resolved_lr(config, method), ""
-    trials = []
-    for lr in grid:
-        trial = nested_run(client, run_id, Role.TRIAL, f"{method} lr={lr:g}", {Tag.METHOD: method, Tag.TRIAL_LR: repr(lr)})
-        reason = train_run(target, method, trial, trial_options(config, lr), trial_dir(target.method_dir(method), lr),
-                           f"trial-{method}-lr{lr:g}", evaluate_model=False)
-        trials.append(Trial(lr, None if reason else client.get_run(trial.info.run_id).data.metrics.get(Metric.VAL_LOSS), reason))
+    method_dir = target.method_dir(method)
+    jobs = [Job(nested_run(client, run_id, Role.TRIAL, f"{method} lr={lr:g}", {Tag.METHOD: method, Tag.TRIAL_LR: repr(lr)}),
+                trial_options(config, lr), trial_dir(method_dir, lr), f"trial-{method}-lr{lr:g}") for lr in grid]
+    # several at once: a trial's loss does not depend on what else runs (its speed, which nobody reads, does)
+    reasons = train_runs(target, method, jobs, evaluate_model=False, at_once=config.sweep_workers)
+    trials = [Trial(lr, None if reason else client.get_run(job.run.info.run_id).data.metrics.get(Metric.VAL_LOSS), reason)
+              for lr, job, reason in zip(grid, jobs, reasons)]
     best = best_trial(trials)
     if best is None:
         return 0.0, "every trial of the lr sweep failed: " + "; ".join(f"lr {t.lr:g}: {t.reason}" for t in trials)
@@ -92,29 +95,60 @@ def choose_lr(target: Target, method: str, run_id: str) -> tuple[float, str]:
     return best.lr, ""
 
 
-def train_run(target: Target, method: str, run, options: TrainingOptions, folder: Path, task_name: str,
-              evaluate_model: bool) -> str:
-    """Train `method` into the nested run `run` (skipped when FINISHED), evaluate it if asked, end it;
-    returns "" or the reason it failed."""
+@dataclass(frozen=True)
+class Job:
+    """One training of a method into a nested run: its options, its folder and its Prefect task run's name."""
+
+    run: Any  # mlflow.entities.Run
+    options: TrainingOptions
+    folder: Path
+    task_name: str
+
+
+def train_runs(target: Target, method: str, jobs: list[Job], evaluate_model: bool, at_once: int) -> list[str]:
+    """Train `method` into each job's run, `at_once` processes at a time (a FINISHED run is skipped), evaluate
+    each if asked, end each run; returns "" or the reason, per job."""
     client, config = target.client, target.config
-    run_id = run.info.run_id
-    if run.info.status == "FINISHED":
-        get_run_logger().info("%s: %s already finished in run %s; skipped", method, task_name, run_id)
-        return ""
-    if run.info.status != "RUNNING":
-        client.update_run(run_id, status="RUNNING")
-    cfg = TrainConfig(method=method, model_name=target.model_name, data_dir=target.data_dir, output_dir=str(folder),
-                      run_id=run_id, tracking_uri=target.uri, method_args=config.method_hyperparameters(method),
-                      training=options, random_init=config.regime == "pretrain")
-    state = train.with_options(retries=config.retries, task_run_name=task_name, cache_policy=INPUTS + TASK_SOURCE,
-                               persist_result=True)(cfg, return_state=True)
+    reasons = [""] * len(jobs)
+    pending = []
+    for i, job in enumerate(jobs):
+        if job.run.info.status == "FINISHED":
+            get_run_logger().info("%s: %s already finished in run %s; skipped", method, job.task_name, job.run.info.run_id)
+            continue
+        if job.run.info.status != "RUNNING":
+            client.update_run(job.run.info.run_id, status="RUNNING")
+        pending.append(i)
+    for start in range(0, len(pending), at_once):
+        futures = {i: _train_task(config, jobs[i].task_name).submit(_train_config(target, method, jobs[i]))
+                   for i in pending[start : start + at_once]}
+        for i, future in futures.items():
+            future.wait()
+            reasons[i] = _end(target, jobs[i], future.state, evaluate_model)
+    return reasons
+
+
+def _train_task(config: CompareConfig, task_name: str):
+    return train.with_options(retries=config.retries, task_run_name=task_name, cache_policy=INPUTS + TASK_SOURCE,
+                              persist_result=True)
+
+
+def _train_config(target: Target, method: str, job: Job) -> TrainConfig:
+    config = target.config
+    return TrainConfig(method=method, model_name=target.model_name, data_dir=target.data_dir, output_dir=str(job.folder),
+                       run_id=job.run.info.run_id, tracking_uri=target.uri, method_args=config.method_hyperparameters(method),
+                       training=job.options, random_init=config.regime == "pretrain")
+
+
+def _end(target: Target, job: Job, state, evaluate_model: bool) -> str:
+    """A job's training ended in `state`: fail its run with the reason, or evaluate it (if asked) and finish it."""
+    client, run_id = target.client, job.run.info.run_id
     if state.is_failed():
         reason = str(state.result(raise_on_failure=False))
         fail_run(client, run_id, reason)
         return reason
     if evaluate_model:
         steps = int(client.get_run(run_id).data.params[Param.TOTAL_STEPS])
-        evaluate.with_options(task_run_name=task_name.replace("train-", "evaluate-", 1))(
-            state.result(), target.data_dir, run_id, target.uri, options.batch_size, steps)
+        evaluate.with_options(task_run_name=job.task_name.replace("train-", "evaluate-", 1))(
+            state.result(), target.data_dir, run_id, target.uri, job.options.batch_size, steps)
     client.set_terminated(run_id, "FINISHED")
     return ""

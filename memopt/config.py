@@ -121,10 +121,15 @@ def check_lr_grid(grid: list[float], what: str = "") -> list[float]:
     bad = [lr for lr in grid if not (lr > 0 and math.isfinite(lr))]
     if bad:
         raise ValueError(f"{what}got {bad[0]:g}; every learning rate must be a positive finite number")
-    repeated = sorted({lr for lr in grid if grid.count(lr) > 1})
-    if repeated:
-        raise ValueError(f"{what}{', '.join(f'{lr:g}' for lr in repeated)} given more than once")
+    check_given_once(grid, what, shown=lambda lr: f"{lr:g}")
     return grid
+
+
+def check_given_once(values: list[Any], what: str = "", why: str = "", shown: Any = str) -> None:
+    """ValueError naming the values given more than once."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what}{', '.join(map(shown, repeated))} given more than once{why}")
 
 
 class Section(BaseModel):
@@ -265,6 +270,8 @@ class CompareConfig(WithTraining):
                                           "METHOD=[LR,...],... e.g. blockllm=[3e-3,1e-2]")
     sweep_steps: int = Field(40, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
                              "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
+    sweep_workers: int = Field(2, ge=1, description="sweep trials trained at once (a trial's loss does not depend on it; "
+                               "1 where memory or the accelerator is short); seed runs always train one at a time")
     seeds: Seeds = Field([], description="seeds of each method's final runs, e.g. 0,1,2: the report gives mean ± std "
                          "over them (unset: --seed alone; the data always comes from --seed)")
     base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "
@@ -283,9 +290,7 @@ class CompareConfig(WithTraining):
         for m in methods:
             if m not in valid:
                 raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(valid)}")
-        repeated = sorted({m for m in methods if methods.count(m) > 1})
-        if repeated:
-            raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
+        check_given_once(methods, why="; each method runs once")
         return methods
 
     @field_validator("lr_grid")
@@ -306,9 +311,7 @@ class CompareConfig(WithTraining):
         negative = [s for s in seeds if s < 0]
         if negative:
             raise ValueError(f"got {negative[0]}; every seed must be an integer >= 0")
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"{', '.join(map(str, repeated))} given more than once; each seed runs once")
+        check_given_once(seeds, why="; each seed runs once")
         return seeds
 
     @model_validator(mode="after")

@@ -1,10 +1,13 @@
 """The embedded general-text corpus: what the fine-tune regime's base model is pretrained on.
 
-Short English documents (stories, weather reports, timetables, shop notes, animal facts, letters)
-built from templates and word lists, one `text` column. It is deliberately not the math task: no
-"Problem:"/"Solution:", no LaTeX, no arithmetic, no boxed answers; numbers appear as counts, dates,
-times and prices. A model pretrained on it knows English-like text and digits but not the task, so
-fine-tuning on the math data has something to adapt. Generated offline, deterministically from a seed.
+Short English documents (stories, weather reports, timetables, shop notes, price lists, match
+reports, settings files, readers' questions, animal facts, letters, dialogues) built from templates
+and word lists, one `text` column. It is deliberately not the math task: no worked problems, no LaTeX,
+no arithmetic, no boxed answers. Like real web text it has the task's characters and common words
+($, %, =, -, braces, backslashes; "what is", "answer", "problem", "solution") in other uses, and
+numbers as counts, dates, times and prices. A model pretrained on it knows English-like text and the
+characters, not the task, so fine-tuning on the math data has something to adapt. Generated offline,
+deterministically from a seed.
 """
 from __future__ import annotations
 
@@ -99,8 +102,38 @@ def _dialogue(rng: random.Random) -> str:
             f'{rng.randint(1, 6)} o\'clock."')
 
 
+def _prices(rng: random.Random) -> str:
+    first, second = rng.sample(ITEMS, 2)
+    return (f"Price list at the {rng.choice(PLACES)} in {rng.choice(TOWNS)}: tea ${rng.randint(1, 4)}.{rng.choice(('00', '50', '95'))}, "
+            f"{first} ${rng.randint(2, 30)} each, {second} ${rng.randint(2, 30)} a dozen. This week {first} are "
+            f"{rng.choice((10, 20, 25, 50))}% off, and members save another {rng.choice((5, 10))}%.")
+
+
+def _match(rng: random.Random) -> str:
+    home, away = rng.sample(TOWNS, 2)
+    scorer, keeper = rng.sample(NAMES, 2)
+    return (f"Final score: {home} {rng.randint(0, 5)} - {rng.randint(0, 5)} {away}. {scorer} scored in the "
+            f"{rng.randint(2, 89)}th minute, and {keeper} saved a penalty. A crowd of {rng.randint(200, 9000)} watched "
+            f"on a {rng.choice(WEATHER)} {rng.choice(DAYS)}; the teams meet again in {rng.choice(MONTHS)}.")
+
+
+def _settings(rng: random.Random) -> str:
+    name = rng.choice(NAMES)
+    return (f"Settings for the printer in the {rng.choice(PLACES)} office: colour = {rng.choice(('on', 'off'))}; "
+            f"copies = {rng.randint(1, 9)}; paper = A{rng.randint(3, 5)}. To print a letter for {name}, type "
+            f"{{name}} where the name should go and \\n for a new line, then save it as C:\\letters\\{name.lower()}.txt.")
+
+
+def _question(rng: random.Random) -> str:
+    asker, _ = _person(rng)
+    thing = rng.choice(("garden gate", "kitchen tap", "bicycle chain", "old clock", "front door", "radio"))
+    return (f"A question from {asker} in {rng.choice(TOWNS)}: what is the best way to fix a {thing} that "
+            f"{rng.choice(('squeaks', 'sticks', 'will not close', 'keeps stopping'))}? Our answer: the problem is "
+            f"usually dirt, and the solution is a little oil and {rng.randint(5, 30)} minutes of patience.")
+
+
 TEMPLATES: tuple[Callable[[random.Random], str], ...] = (
-    _story, _weather, _timetable, _shop, _animal, _letter, _dialogue,
+    _story, _weather, _timetable, _shop, _animal, _letter, _dialogue, _prices, _match, _settings, _question,
 )
 
 
