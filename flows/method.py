@@ -20,6 +20,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from memopt.config import CompareConfig, TrainConfig, TrainingOptions
 from memopt.sweep import Trial, best_trial, grid_edge, resolved_lr, seed_dir, seed_options, trial_dir, trial_options
 from memopt.tracking import child_run, fail_run, log_params_once, log_seed_summary, nested_run, seed_runs
+from memopt.trainer import NonFiniteLoss
 from memopt.vocabulary import Metric, Param, Role, Tag
 from tasks.evaluate import evaluate
 from tasks.train import train
@@ -82,8 +83,10 @@ def choose_lr(target: Target, method: str, run_id: str) -> tuple[float, str]:
     method_dir = target.method_dir(method)
     jobs = [Job(nested_run(client, run_id, Role.TRIAL, f"{method} lr={lr:g}", {Tag.METHOD: method, Tag.TRIAL_LR: repr(lr)}),
                 trial_options(config, lr), trial_dir(method_dir, lr), f"trial-{method}-lr{lr:g}") for lr in grid]
-    # several at once: a trial's loss does not depend on what else runs (its speed, which nobody reads, does)
-    reasons = train_runs(target, method, jobs, evaluate_model=False, at_once=config.sweep_workers)
+    # several at once: a trial's loss does not depend on what else runs (its speed, which nobody reads, does);
+    # one at a time under torchrun, whose processes already take every device and the rendezvous port
+    at_once = config.sweep_workers if config.training.world_size == 1 else 1
+    reasons = train_runs(target, method, jobs, evaluate_model=False, at_once=at_once)
     trials = [Trial(lr, None if reason else client.get_run(job.run.info.run_id).data.metrics.get(Metric.VAL_LOSS), reason)
               for lr, job, reason in zip(grid, jobs, reasons)]
     best = best_trial(trials)
@@ -114,6 +117,10 @@ def train_runs(target: Target, method: str, jobs: list[Job], evaluate_model: boo
     for i, job in enumerate(jobs):
         if job.run.info.status == "FINISHED":
             get_run_logger().info("%s: %s already finished in run %s; skipped", method, job.task_name, job.run.info.run_id)
+            continue
+        reason = job.run.data.tags.get(Tag.FAILURE_REASON, "")
+        if job.run.info.status == "FAILED" and reason.startswith(NonFiniteLoss.__name__):
+            reasons[i] = reason  # the same seed gives the same NaN: not trained again on a resume
             continue
         if job.run.info.status != "RUNNING":
             client.update_run(job.run.info.run_id, status="RUNNING")

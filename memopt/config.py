@@ -271,7 +271,7 @@ class CompareConfig(WithTraining):
     sweep_steps: int = Field(40, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
                              "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
     sweep_workers: int = Field(2, ge=1, description="sweep trials trained at once (a trial's loss does not depend on it; "
-                               "1 where memory or the accelerator is short); seed runs always train one at a time")
+                               "1 where memory or the accelerator is short; 1 under torchrun); seed runs always train one at a time")
     seeds: Seeds = Field([], description="seeds of each method's final runs, e.g. 0,1,2: the report gives mean ± std "
                          "over them (unset: --seed alone; the data always comes from --seed)")
     base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "

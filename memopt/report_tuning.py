@@ -59,18 +59,18 @@ def sweep_section(client: MlflowClient, children: dict[str, Run]) -> str:
 
 
 def seeds_section(client: MlflowClient, children: dict[str, Run], regime: str) -> str:
-    values = {m: seed_metric(client, {m: r}, Metric.FINAL_VAL_LOSS)[m] for m, r in children.items()}
-    losses = {m: spread(v) for m, v in values.items() if _finite(v)}
+    finished = {m: [r for r in seed_runs(client, run.info.run_id) if r.info.status == "FINISHED"] for m, run in children.items()}
+    values = {m: seed_values(client, runs) for m, runs in finished.items()}
+    losses = {m: spread(v[Metric.FINAL_VAL_LOSS]) for m, v in values.items() if _finite(v.get(Metric.FINAL_VAL_LOSS))}
     best = min(losses, key=lambda m: losses[m].mean) if losses else None
     rows = []
-    for method, run in children.items():
-        finished = [r for r in seed_runs(client, run.info.run_id) if r.info.status == "FINISHED"]
-        per_seed = seed_values(client, finished)
+    for method in children:
+        per_seed = values[method]
         loss = losses.get(method)
         initial = per_seed.get(Metric.INITIAL_VAL_LOSS)
         ratio = loss.mean / spread(initial).mean if loss and _finite(initial) else None
         rows.append([
-            method, ",".join(r.data.tags[Tag.SEED] for r in finished) or "—", _spread_text(loss, ".4f"),
+            method, ",".join(r.data.tags[Tag.SEED] for r in finished[method]) or "—", _spread_text(loss, ".4f"),
             "—" if ratio is None else f"{ratio:.2f}", _versus(losses, method, best, "best"),
             _versus(losses, method, "adamw", "AdamW"),
             _spread_text(_spread_of(per_seed.get(Metric.TOKENS_PER_S)), ".0f"),
