@@ -280,7 +280,8 @@ def test_a_sweep_longer_than_an_epoch_budget_is_bad_input(prefect_server, tmp_pa
         # Method hyperparameters: unknown, out of range, of the wrong type.
         (["--methods", "galore", "--method_args", "galore.no_such=1"], "no hyperparameter 'no_such'"),
         (["--methods", "galore", "--method_args", "galore.update_proj_gap=0"], "update_proj_gap"),
-        (["--methods", "adamw", "--method_args", "adamw.eps='tiny'"], "--method_args adamw: {'eps': 'tiny'} has a value of the wrong type"),
+        (["--methods", "adamw", "--method_args", "adamw.eps='tiny'"], "--methods adamw: invalid eps: 'tiny'; valid: eps >= 0"),
+        (["--methods", "adamw", "--method_args", "adamw.betas=(0.9,0.999,0.5)"], "--methods adamw: invalid betas"),
         (["--method_args", "galore"], "'galore' is not METHOD.NAME=VALUE"),
         (["--methods", "adamw", "--method_args", "galore.rank=4"], "--method_args: galore not among --methods"),
         # Data and model that cannot be used.
