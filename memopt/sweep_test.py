@@ -1,6 +1,7 @@
 """The sweep's choice, what trials and seed runs train with, and each regime's defaults."""
 import math
 
+import torch
 
 from memopt import optim
 from memopt.config import CompareConfig
@@ -67,3 +68,16 @@ def test_the_report_says_why_a_method_does_not_learn_only_when_it_does_not():
     assert "re-selects them only every" in why_not_learning("blockllm", "pretrain", 0.9)
     assert why_not_learning("galore", "finetune", 0.95).endswith("it did not learn clearly within this budget")
     assert why_not_learning("adamw", "pretrain", None) == ""
+
+
+def test_a_pretrained_folder_is_fine_tuned_as_it_is_and_pretrained_from_random_weights(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(tmp_path / "m")
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "m").state_dict()
+    finetune = build_model(str(tmp_path / "m")).state_dict()
+    pretrain, again = (build_model(str(tmp_path / "m"), pretrained=False, seed=1).state_dict() for _ in range(2))
+    assert all(torch.equal(saved[k], finetune[k]) for k in saved)
+    assert set(pretrain) == set(saved) and not torch.equal(pretrain["lm_head.weight"], saved["lm_head.weight"])
+    assert all(torch.equal(pretrain[k], again[k]) for k in pretrain), "seeded"

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from flowtools import cli_environment, history, kill_group, report_rows, start_flow, wait_for
+from tests.flowtools import cli_environment, history, kill_group, report_rows, start_flow, wait_for
 from flows.compare import ComparisonIncomplete, compare_optimizers, main
 from memopt.config import CompareConfig
 from memopt.report import LOSS_PLOT, MEMORY_PLOT, TABLE

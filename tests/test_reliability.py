@@ -31,8 +31,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from flowtools import (BIN, ROOT, children_by_method, cli_environment, history, kill_group, latest_step, report_rows,
-                       seed_run, start_flow, training_pids, wait_for)
+from tests.flowtools import (BIN, ROOT, children_by_method, cli_environment, history, kill_group, latest_step,
+                             report_rows, seed_run, start_flow, training_pids, wait_for)
 from memopt import checkpoint
 from memopt.report import TABLE
 from memopt.tracking import child_runs
