@@ -72,7 +72,8 @@ def base_record(folder: str | Path) -> dict | None:
 
 
 def _key(context: TaskRunContext, inputs: dict) -> str:
-    return inputs["spec"].digest()
+    """The spec's digest and the folder it names: another output folder has its own base model."""
+    return f"{inputs['spec'].digest()} {inputs['spec'].folder(inputs['output_dir']).resolve()}"
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key), persist_result=True,
