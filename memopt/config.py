@@ -24,19 +24,17 @@ memopt/preflight.py.
 """
 from __future__ import annotations
 
-import ast
-import math
 import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memopt import optim
 from memopt.data import DEFAULT_BASE_DATASET, DEFAULT_DATASET
 from memopt.distributed import check_launch_options
+from memopt.fieldtypes import LrGrid, MethodArgs, MethodLrGrids, MethodNames, Seeds, check_given_once, check_lr_grid
 from memopt.methods import pipeline_methods, recipe
 from memopt.models import PRESETS, is_preset
 from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
@@ -47,89 +45,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
 
 class ConfigError(ValueError):
     """Bad input: one line naming the parameter; the command line exits 2."""
-
-
-def _split_commas(value: Any) -> Any:
-    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
-
-
-def _top_level_split(text: str) -> list[str]:
-    """Split on commas outside brackets and quotes, so `adamw.betas=(0.9,0.95)` stays one item."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
-
-
-def _parse_method_args(value: Any) -> Any:
-    """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
-    if not isinstance(value, str):
-        return value
-    result: dict[str, dict[str, Any]] = {}
-    for item in filter(None, (part.strip() for part in _top_level_split(value))):
-        key, sep, text = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise ValueError(f"{item!r} is not METHOD.NAME=VALUE")
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            parsed = text
-        result.setdefault(method, {})[name] = parsed
-    return result
-
-
-def _parse_method_lr_grids(value: Any) -> Any:
-    """`galore=[3e-3,1e-2],blockllm=1e-3` -> {"galore": [0.003, 0.01], "blockllm": [0.001]}."""
-    if not isinstance(value, str):
-        return value
-    result: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in _top_level_split(value))):
-        method, sep, text = item.partition("=")
-        if not sep or not method.strip():
-            raise ValueError(f"{item!r} is not METHOD=[LR,...]")
-        try:
-            grid = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            raise ValueError(f"{item!r}: {text.strip()!r} is not a learning rate or a list [LR,...]") from None
-        result[method.strip()] = list(grid) if isinstance(grid, (list, tuple)) else [grid]
-    return result
-
-
-# NoDecode: the command line hands these over as typed, for the validators to parse.
-MethodNames = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
-MethodArgs = Annotated[dict[str, dict[str, Any]], NoDecode, BeforeValidator(_parse_method_args)]
-LrGrid = Annotated[list[float], NoDecode, BeforeValidator(_split_commas)]
-MethodLrGrids = Annotated[dict[str, list[float]], NoDecode, BeforeValidator(_parse_method_lr_grids)]
-Seeds = Annotated[list[int], NoDecode, BeforeValidator(_split_commas)]
-
-
-def check_lr_grid(grid: list[float], what: str = "") -> list[float]:
-    """A grid of learning rates: not empty, every value positive and finite, none twice."""
-    if not grid:
-        raise ValueError(f"{what}empty; give at least one learning rate, e.g. 1e-3,3e-3,1e-2 (or --sweep_steps 0: no sweep)")
-    bad = [lr for lr in grid if not (lr > 0 and math.isfinite(lr))]
-    if bad:
-        raise ValueError(f"{what}got {bad[0]:g}; every learning rate must be a positive finite number")
-    check_given_once(grid, what, shown=lambda lr: f"{lr:g}")
-    return grid
-
-
-def check_given_once(values: list[Any], what: str = "", why: str = "", shown: Any = str) -> None:
-    """ValueError naming the values given more than once."""
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what}{', '.join(map(shown, repeated))} given more than once{why}")
 
 
 class Section(BaseModel):
