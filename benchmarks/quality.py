@@ -2,7 +2,7 @@
 
 Run: python -m benchmarks.quality [--model llama-9m] [--steps 100] [--sweep_steps 25] [--seeds 0,1,2]
 
-Two comparisons (`python -m flows.compare`), one per regime, every registered method in each: the same lr
+Two comparisons (`python -m flows.compare`), one per regime, side by side, every registered method in each: the same lr
 grid swept for every method (the baseline included), the best trial's lr trained once per seed, each
 into a throwaway sqlite store; then every method's run is read back from MLflow (memopt/tracking.py's
 tree). The 1-minute load average is sampled every 2 s while each flow runs (the machine is shared) and
@@ -12,6 +12,7 @@ shown with the seed runs' mean over their own run windows. The orderings are set
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -29,23 +30,31 @@ PAPERS = {
 }
 
 
-def run_flow(args: list[str], tmp: Path, name: str) -> tuple[str, float, list[tuple[float, float]]]:
-    """Run one comparison; returns its store's URI, its wall time and the sampled load averages."""
-    uri = f"sqlite:///{tmp / name / 'mlflow.db'}"
-    (tmp / name).mkdir(parents=True)
-    cmd = [sys.executable, "-m", "flows.compare", *args, "--output_dir", str(tmp / name / "out"), "--tracking_uri", uri]
+def run_flows(runs: dict[str, list[str]], tmp: Path) -> dict[str, tuple[str, float, list[tuple[float, float]]]]:
+    """Run the comparisons `runs` ({name: flow arguments}) side by side, or read back those a folder already
+    holds (--reuse: the table again, with new code); {name: (store URI, wall time, sampled load averages)}."""
     env = {**os.environ, "PREFECT_HOME": PREFECT_HOME, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
            "PYTHONWARNINGS": "ignore"}
-    loads: list[tuple[float, float]] = []
-    t0 = time.perf_counter()
-    with open(tmp / name / "flow.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            loads.append((time.time(), os.getloadavg()[0]))
-            time.sleep(2)
+    procs, done = {}, {}
+    for name, args in runs.items():
+        folder, uri = tmp / name, f"sqlite:///{tmp / name / 'mlflow.db'}"
+        if (folder / "loads.json").is_file():
+            saved = json.loads((folder / "loads.json").read_text())
+            done[name] = (uri, saved["wall"], [tuple(x) for x in saved["loads"]])
+            continue
+        folder.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "flows.compare", *args, "--output_dir", str(folder / "out"), "--tracking_uri", uri]
+        procs[name] = (subprocess.Popen(cmd, env=env, stdout=(folder / "flow.log").open("w"), stderr=subprocess.STDOUT), uri)
+    t0, loads = time.perf_counter(), []
+    while any(proc.poll() is None for proc, _ in procs.values()):
+        loads.append((time.time(), os.getloadavg()[0]))
+        time.sleep(2)
     wall = time.perf_counter() - t0
-    print(f"{name}: flow exit {proc.returncode} after {wall:.0f} s (log: {tmp / name / 'flow.log'})", file=sys.stderr)
-    return uri, wall, loads
+    for name, (proc, uri) in procs.items():
+        print(f"{name}: flow exit {proc.returncode} after {wall:.0f} s (log: {tmp / name / 'flow.log'})", file=sys.stderr)
+        (tmp / name / "loads.json").write_text(json.dumps({"wall": wall, "loads": loads}))
+        done[name] = (uri, wall, loads)
+    return done
 
 
 def results(uri: str, loads: list[tuple[float, float]]) -> tuple[dict[str, dict], str]:
@@ -112,6 +121,8 @@ def orderings(rows: dict[str, dict]) -> str:
     lines = []
     for paper, ppl in PAPERS.items():
         have = [m for m in ppl if rows.get(m, {}).get("loss")]
+        if not have:
+            continue
         ours = sorted(have, key=lambda m: rows[m]["loss"].mean)
         ties = [f"{a} ~ {b}" for a, b in zip(ours, ours[1:]) if significant(rows[a]["loss"], rows[b]["loss"]) is False]
         theirs = " < ".join(f"{m} {ppl[m]}" for m in sorted(ppl, key=ppl.get))
@@ -131,23 +142,29 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--base_steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--regimes", default="pretrain,finetune")
+    p.add_argument("--regimes", default="pretrain,finetune", help="one comparison each, run side by side")
+    p.add_argument("--sweep_workers", type=int, default=3)
     p.add_argument("--methods", default=",".join(optim.METHODS), help="comma-separated; adamw-amp is optional")
+    p.add_argument("--reuse", default="", help="a folder an earlier run printed: its stores read back, nothing trained")
     a = p.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="memopt-quality-"))
+    tmp = Path(a.reuse) if a.reuse else Path(tempfile.mkdtemp(prefix="memopt-quality-"))
+    print(f"stores under {tmp}", file=sys.stderr)
     common = ["--methods", a.methods, "--model_name", a.model, "--max_steps", str(a.steps), "--batch_size", str(a.batch),
               "--sweep_steps", str(a.sweep_steps), "--lr_grid", a.lr_grid, "--seeds", a.seeds, "--base_steps",
-              str(a.base_steps), "--eval_every", str(max(1, a.steps // 4)), "--checkpoint_every", str(a.steps)]
+              str(a.base_steps), "--eval_every", str(max(1, a.steps // 4)), "--checkpoint_every", str(a.steps),
+              "--sweep_workers", str(a.sweep_workers)]
+    regimes = a.regimes.split(",")
+    flows = run_flows({regime: [*common, "--regime", regime] for regime in regimes}, tmp)
     sections, walls, by_regime = [], [], {}
-    for regime in a.regimes.split(","):
-        uri, wall, loads = run_flow([*common, "--regime", regime], tmp, regime)
+    for regime in regimes:
+        uri, wall, loads = flows[regime]
         rows, _ = results(uri, loads)
         by_regime[regime] = rows
         walls.append(f"{regime} {wall / 60:.0f} min (load {min(l for _, l in loads):.1f}–{max(l for _, l in loads):.1f})")
         sections.append(f"### Regime `{regime}`\n\n{regime_table(rows, regime)}")
     body = (
-        f"`{a.model}`, batch {a.batch} × seq 128, on the embedded default dataset; every method swept over lr "
+        f"`{a.model}`, batch {a.batch} × seq 128 (the default), on the embedded default dataset; every method swept over lr "
         f"{a.lr_grid} ({a.sweep_steps}-step trials, the best by validation loss at the trial's last step), then "
         f"{a.steps} steps per seed at the chosen lr, seeds {a.seeds}; rank = hidden/4. Regime `pretrain`: random init. "
         f"Regime `finetune`: a base model pretrained for {a.base_steps} AdamW steps on the embedded general-text "
@@ -155,8 +172,9 @@ def main() -> None:
         f"validation split, mean ± sample std (min–max) over the seeds; initial: `val_loss` at step 0; "
         f"significance: the gap to AdamW's mean against the sum of the two standard deviations (memopt/stats.py). "
         f"Tokens/s: each seed run's whole-run throughput of its training steps, mean over seeds; state: "
-        f"`optimizer_state_bytes`. Wall: {'; '.join(walls)}. Load avg: the mean 1-min load over the method's seed "
-        f"runs (seed runs train one at a time; trials two at a time).\n\n"
+        f"`optimizer_state_bytes`. Wall: {'; '.join(walls)}: the regimes' comparisons ran side by side, so the "
+        f"tokens/s compare only within a regime and where the loads are alike. Load avg: the mean 1-min load over "
+        f"the method's seed runs (seed runs train one at a time; trials {a.sweep_workers} at a time).\n\n"
         + "\n\n".join(sections)
         + "\n\n### Orderings beside the papers (pretrain regime)\n\n"
         + (orderings(by_regime["pretrain"]) if "pretrain" in by_regime else "(pretrain regime not run)")

@@ -126,7 +126,8 @@ def train_runs(target: Target, method: str, jobs: list[Job], evaluate_model: boo
             client.update_run(job.run.info.run_id, status="RUNNING")
         pending.append(i)
     for start in range(0, len(pending), at_once):
-        futures = {i: _train_task(config, jobs[i].task_name).submit(_train_config(target, method, jobs[i]))
+        # a seed run's step-0 loss is the initial one of the report; a trial's would be the same again
+        futures = {i: _train_task(config, jobs[i].task_name).submit(_train_config(target, method, jobs[i], evaluate_model))
                    for i in pending[start : start + at_once]}
         for i, future in futures.items():
             future.wait()
@@ -139,11 +140,11 @@ def _train_task(config: CompareConfig, task_name: str):
                               persist_result=True)
 
 
-def _train_config(target: Target, method: str, job: Job) -> TrainConfig:
+def _train_config(target: Target, method: str, job: Job, evaluate_at_start: bool) -> TrainConfig:
     config = target.config
     return TrainConfig(method=method, model_name=target.model_name, data_dir=target.data_dir, output_dir=str(job.folder),
                        run_id=job.run.info.run_id, tracking_uri=target.uri, method_args=config.method_hyperparameters(method),
-                       training=job.options, random_init=config.regime == "pretrain")
+                       training=job.options, random_init=config.regime == "pretrain", evaluate_at_start=evaluate_at_start)
 
 
 def _end(target: Target, job: Job, state, evaluate_model: bool) -> str:

@@ -183,7 +183,7 @@ class CompareConfig(WithTraining):
                             "baseline's included; the best trial's lr trains the seeds")
     method_lr_grid: MethodLrGrids = Field(default_factory=dict, description="a method's own grid instead of lr_grid, "
                                           "METHOD=[LR,...],... e.g. blockllm=[3e-3,1e-2]")
-    sweep_steps: int = Field(30, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
+    sweep_steps: int = Field(25, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
                              "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
     sweep_workers: int = Field(2, ge=1, description="sweep trials trained at once (a trial's loss does not depend on it; "
                                "1 where memory or the accelerator is short; 1 under torchrun); seed runs always train one at a time")
@@ -191,7 +191,7 @@ class CompareConfig(WithTraining):
                          "over them (unset: --seed alone; the data always comes from --seed)")
     base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "
                               "pretrained on (the embedded default: general English, not the task), any --dataset form")
-    base_steps: int = Field(200, ge=0, description="finetune with a preset: AdamW steps that pretrain its base model "
+    base_steps: int = Field(150, ge=0, description="finetune with a preset: AdamW steps that pretrain its base model "
                             "(made once, cached by what it depends on; 0: none, so model_name must be pretrained)")
     base_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="finetune with a preset: the base model's AdamW lr")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
@@ -323,6 +323,8 @@ class TrainConfig(WithTraining):
     method_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's hyperparameters beyond its defaults")
     random_init: bool = Field(False, description="a pretrained model_name's architecture with random weights (the "
                               "pretrain regime); presets are always random")
+    evaluate_at_start: bool = Field(True, description="the untrained model's validation loss at step 0 (a sweep's "
+                                    "trials leave it to the seed runs, which start from the same weights)")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":

@@ -166,7 +166,7 @@ class Trainer:
         with MemorySampler(self.opts.memory_interval_s, on_sample) if self.world.is_main else contextlib.nullcontext() as sampler:
             self.sampler = sampler
             first = self.step + 1  # the state's size is logged at the first step this process runs, a resume's too
-            if self.step == 0:
+            if self.step == 0 and self.cfg.evaluate_at_start:
                 self.evaluate()
             bar = tqdm(range(self.step, self.steps), desc=self.cfg.method, initial=self.step, total=self.steps,
                        file=sys.stderr, disable=not self.world.is_main)

@@ -123,6 +123,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(fair):
     assert names["base-model llama-micro"] == "Cached", "the base model was made once, by the first attempt"
     for trial in trial_runs(client, child_runs(client, fair.parent)["adamw"].info.run_id):
         assert sorted(history(client, trial.info.run_id, "train_loss")) == list(range(1, SWEEP_STEPS + 1))
+        assert sorted(history(client, trial.info.run_id, "val_loss")) == [3, SWEEP_STEPS], "no step-0 loss: the seeds' own"
 
 
 def test_the_method_run_carries_its_seeds_statistics(fair):
