@@ -6,8 +6,8 @@ in an MLflow run of role base under the comparison that makes it. Its final mode
 tokenizer trained on that text) is logged as an MLflow model and published into a folder named by a
 digest of everything it depends on (`BaseSpec`): `OUTPUT_DIR/cache/base-DIGEST/model/`, with
 `base.json` (written last: it marks the folder complete) naming the run and the model. Later
-comparisons with the same spec find the folder (and Prefect's cache, keyed on the same digest) and
-train nothing. The methods then fine-tune `model/` on the task data, tokenized with its tokenizer.
+comparisons with the same spec and output folder find it (and Prefect's cache, keyed on the digest and
+the folder) and train nothing. The methods then fine-tune `model/` on the task data, tokenized with its tokenizer.
 """
 from __future__ import annotations
 

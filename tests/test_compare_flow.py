@@ -1,9 +1,10 @@
 """The comparison end to end: a real Prefect run, a real sqlite MLflow store, real training processes.
 
 One module fixture carries most tests: a fair comparison in the finetune regime on llama-micro (a base
-model pretrained first), adamw and blockllm, each swept over a 2-value lr grid and trained with 2 seeds.
-Its flow process is killed during the sweep (after adamw's first trial finished), then `--resume PARENT`
-finishes it; the tests read the finished comparison back from MLflow and the output folder.
+model pretrained first), adamw swept over 3 learning rates and blockllm over its own 2, two trials at a
+time, each method then trained with 2 seeds. Its flow process is killed during adamw's sweep (its first two
+trials finished, the third training), then `--resume PARENT` finishes it; the tests read the finished
+comparison back from MLflow and the output folder.
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from memopt.tracking import child_runs, nested_runs, seed_runs, throughput, tria
 from memopt.vocabulary import Role, Tag
 
 MICRO = {"model_name": "llama-micro", "batch_size": 4, "seq_len": 32, "eval_every": 3, "checkpoint_every": 3}
-STEPS, SWEEP_STEPS, BASE_STEPS, GRID, SEEDS = 6, 4, 4, [1e-3, 1e-2], [0, 1]
+STEPS, SWEEP_STEPS, BASE_STEPS, SEEDS = 6, 4, 4, [0, 1]
+GRIDS = {"adamw": [1e-3, 3e-3, 1e-2], "blockllm": [1e-3, 1e-2]}
 FAIR = ["--model_name", "llama-micro", "--batch_size", "4", "--seq_len", "32", "--eval_every", "3",
         "--checkpoint_every", "2", "--max_steps", str(STEPS), "--sweep_steps", str(SWEEP_STEPS), "--base_steps", str(BASE_STEPS),
-        "--lr_grid", ",".join(map(str, GRID)), "--seeds", ",".join(map(str, SEEDS)), "--methods", "adamw,blockllm",
-        "--retries", "0"]
+        "--lr_grid", ",".join(map(str, GRIDS["adamw"])), "--method_lr_grid", "blockllm=[1e-3,1e-2]", "--sweep_workers", "2",
+        "--seeds", ",".join(map(str, SEEDS)), "--methods", "adamw,blockllm", "--retries", "0"]
+FIRST_ROUND = ("0.001", "0.003")  # adamw's trials that train together and finish before the kill
 METHODS = ["adamw", "blockllm"]
 
 
@@ -60,23 +63,23 @@ def fair(prefect_server, tmp_path_factory):
     uri, out = f"sqlite:///{tmp}/mlflow.db", tmp / "results"
     first_log = tmp / "first.log"
     proc = start_flow([*FAIR, "--output_dir", str(out), "--tracking_uri", uri], tmp, env, first_log)
-    try:  # kill the flow once adamw's first trial is done and its second one is training
-        second = wait_for(lambda: next(out.glob("runs/*/adamw/trial-lr0.01/checkpoints/latest"), None), proc, first_log,
-                          "the second trial's first checkpoint")
+    try:  # kill the flow once adamw's first round of trials is done and the third trial is training
+        third = wait_for(lambda: next(out.glob("runs/*/adamw/trial-lr0.01/checkpoints/latest"), None), proc, first_log,
+                         "the third trial's first checkpoint")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         kill_group(proc)
-    parent = second.parents[3].name
-    first_trial = out / "runs" / parent / "adamw" / "trial-lr0.001"
+    parent = third.parents[3].name
     client = MlflowClient(uri)
-    [before] = [t for t in trial_runs(client, child_runs(client, parent)["adamw"].info.run_id) if t.data.tags[Tag.TRIAL_LR] == "0.001"]
-    config_mtime = (first_trial / "train_config.json").stat().st_mtime_ns
+    before = {t.data.tags[Tag.TRIAL_LR]: t for t in trial_runs(client, child_runs(client, parent)["adamw"].info.run_id)}
+    dirs = {lr: out / "runs" / parent / "adamw" / f"trial-lr{lr}" for lr in FIRST_ROUND}
+    config_mtimes = {lr: (folder / "train_config.json").stat().st_mtime_ns for lr, folder in dirs.items()}
     resume_log = tmp / "resume.log"
     rc = subprocess.run([sys.executable, "-m", "flows.compare", "--resume", parent, "--tracking_uri", uri], cwd=tmp, env=env,
-                        stdout=resume_log.open("w"), stderr=subprocess.STDOUT, timeout=600).returncode
+                        stdout=resume_log.open("w"), stderr=subprocess.STDOUT, timeout=1800).returncode
     return SimpleNamespace(tmp=tmp, uri=uri, out=out, client=client, parent=parent, rc=rc, log=resume_log, env=env,
-                           first_trial_before=before, first_trial_dir=first_trial, config_mtime=config_mtime)
+                           trials_before=before, trial_dirs=dirs, config_mtimes=config_mtimes)
 
 
 def test_every_method_finishes_with_its_trials_and_seeds_nested_under_it(fair):
@@ -88,7 +91,7 @@ def test_every_method_finishes_with_its_trials_and_seeds_nested_under_it(fair):
     for method, run in children.items():
         assert run.info.status == "FINISHED" and run.data.tags[Tag.ROLE] == Role.METHOD
         trials, seeds = trial_runs(client, run.info.run_id), seed_runs(client, run.info.run_id)
-        assert [float(t.data.tags[Tag.TRIAL_LR]) for t in trials] == GRID, "one run per lr, a resume included"
+        assert [float(t.data.tags[Tag.TRIAL_LR]) for t in trials] == GRIDS[method], "one run per lr, a resume included"
         assert [int(r.data.tags[Tag.SEED]) for r in seeds] == SEEDS, "one run per seed"
         for nested in (*trials, *seeds):
             assert nested.info.status == "FINISHED" and nested.data.tags[Tag.PARENT] == run.info.run_id
@@ -103,25 +106,29 @@ def test_the_sweep_picks_the_best_trial_and_the_seeds_train_at_its_lr(fair):
         losses = {float(t.data.tags[Tag.TRIAL_LR]): t.data.metrics["val_loss"] for t in trial_runs(client, run.info.run_id)}
         best = min(losses, key=losses.get)
         assert float(run.data.params["chosen_lr"]) == best, (method, losses)
-        assert run.data.params["lr_source"] == "sweep" and run.data.params["lr_grid"] == "0.001,0.01"
-        assert run.data.tags.get(Tag.LR_ON_EDGE, "") == grid_edge(GRID, best) != ""
+        assert run.data.params["lr_source"] == "sweep"
+        assert run.data.params["lr_grid"] == ",".join(f"{lr:g}" for lr in GRIDS[method])
+        assert run.data.tags.get(Tag.LR_ON_EDGE, "") == grid_edge(GRIDS[method], best)
         for seed in seed_runs(client, run.info.run_id):
             assert float(seed.data.params["lr"]) == best and seed.data.params["seed"] == seed.data.tags[Tag.SEED]
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(fair):
     client = fair.client
-    [after] = [t for t in trial_runs(client, child_runs(client, fair.parent)["adamw"].info.run_id)
-               if t.data.tags[Tag.TRIAL_LR] == "0.001"]
-    assert fair.first_trial_before.info.status == "FINISHED", "the first trial had finished when the flow was killed"
-    assert after.info.run_id == fair.first_trial_before.info.run_id
-    assert after.info.end_time == fair.first_trial_before.info.end_time, "the finished trial was left alone"
-    assert (fair.first_trial_dir / "train_config.json").stat().st_mtime_ns == fair.config_mtime, "no process started for it"
+    after = {t.data.tags[Tag.TRIAL_LR]: t for t in trial_runs(client, child_runs(client, fair.parent)["adamw"].info.run_id)}
+    assert fair.trials_before["0.01"].info.status == "RUNNING", "the flow was killed during the sweep"
+    for lr in FIRST_ROUND:
+        before = fair.trials_before[lr]
+        assert before.info.status == "FINISHED", "the first round had finished when the flow was killed"
+        assert after[lr].info.run_id == before.info.run_id
+        assert after[lr].info.end_time == before.info.end_time, "the finished trial was left alone"
+        assert (fair.trial_dirs[lr] / "train_config.json").stat().st_mtime_ns == fair.config_mtimes[lr], "no process for it"
+    assert after["0.01"].info.run_id == fair.trials_before["0.01"].info.run_id, "the killed trial finished in its own run"
     resumed_flow = client.get_run(fair.parent).data.tags[Tag.PREFECT_FLOW_RUN]
     names = dict(task_run_names(resumed_flow))
-    assert "trial-adamw-lr0.001" not in names and names["trial-adamw-lr0.01"] == "Completed", names
+    assert not {"trial-adamw-lr0.001", "trial-adamw-lr0.003"} & set(names) and names["trial-adamw-lr0.01"] == "Completed", names
     assert names["base-model llama-micro"] == "Cached", "the base model was made once, by the first attempt"
-    for trial in trial_runs(client, child_runs(client, fair.parent)["adamw"].info.run_id):
+    for trial in after.values():
         assert sorted(history(client, trial.info.run_id, "train_loss")) == list(range(1, SWEEP_STEPS + 1))
         assert sorted(history(client, trial.info.run_id, "val_loss")) == [3, SWEEP_STEPS], "no step-0 loss: the seeds' own"
 
@@ -200,8 +207,8 @@ def test_the_report_gives_the_sweep_and_the_seeds(fair):
     seeds = table.partition("## Seeds")[2]
     for method, run in child_runs(client, fair.parent).items():
         row = report_rows(sweep)[method]
-        assert "0.001: " in row and "0.01: " in row and f"| {float(run.data.params['chosen_lr']):g} |" in row
-        assert "the best lr is the grid's" in row
+        assert all(f"{lr:g}: " in row for lr in GRIDS[method]) and f"| {float(run.data.params['chosen_lr']):g} |" in row
+        assert ("the best lr is the grid's" in row) == (Tag.LR_ON_EDGE in run.data.tags)
         row = report_rows(seeds)[method]
         assert "| 0,1 |" in row and " ± " in row
     assert "significant" in report_rows(seeds)["blockllm"]
