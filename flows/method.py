@@ -26,13 +26,20 @@ from tasks.evaluate import evaluate
 from tasks.train import train
 
 
+@dataclass(frozen=True)
 class Target:
     """What every run of the comparison trains: the model (the base folder in the finetune regime on a
     preset), the tokenized task data, and where the store and the folders are."""
 
-    def __init__(self, client: MlflowClient, config: CompareConfig, parent: str, model_name: str, data_dir: str):
-        self.client, self.config, self.parent, self.model_name, self.data_dir = client, config, parent, model_name, data_dir
-        self.uri = config.resolved_tracking_uri()
+    client: MlflowClient
+    config: CompareConfig
+    parent: str
+    model_name: str
+    data_dir: str
+
+    @property
+    def uri(self) -> str:
+        return self.config.resolved_tracking_uri()
 
     def method_dir(self, method: str) -> Path:
         return Path(self.config.output_dir) / "runs" / self.parent / method
