@@ -97,8 +97,9 @@ def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 
 def report_rows(table: str) -> dict[str, str]:
-    """{method: row} of a report table."""
-    rows = [line.split("|") for line in table.splitlines() if line.startswith("| ")]
+    """{method: row} of the first table of a report (the main one; the sections after it have their own)."""
+    first = table.split("\n## ", 1)[0] if not table.startswith("## ") else table
+    rows = [line.split("|") for line in first.splitlines() if line.startswith("| ")]
     return {cells[1].strip(): "|".join(cells) for cells in rows if cells[1].strip() not in ("Method", "")}
 
 
