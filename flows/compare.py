@@ -7,12 +7,14 @@ lr sweep, its seed runs and its result; report.
     python -m flows.compare --help          # every parameter, declared in memopt/config.py
 
 Exit codes: 0 every method finished; 1 at least one failed (the report lists
-it with its reason); 2 bad input (nothing was started).
+it with its reason); 2 bad input (nothing was started); 143 / 130 stopped by
+SIGTERM (or a Prefect cancellation) / SIGINT, runs KILLED, checkpoints kept.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,18 +22,22 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
+from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from flows.method import Target, run_method
+from flows.stopping import Stop, end_process_on_stop, stop_on_signals
+from flows.stopping import current as current_stop
 from memopt import preflight
 from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
 from memopt.config import CompareConfig, ConfigError, as_logged_before_regimes
-from memopt.models import is_preset
+from memopt.stopping import Stopped, raise_on_signals
 from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, log_transformers_model, open_comparison
 from memopt.vocabulary import CONFIG_PARAM, Tag
 from tasks.base import BaseSpec, base_model, base_record
-from tasks.data import tokenize
+from tasks.data import log_dataset_inputs, tokenize_for
 from tasks.report import compare
 
 
@@ -44,32 +50,41 @@ def compare_optimizers(config: CompareConfig = CompareConfig()) -> dict[str, str
     """Train every method of `config` on the same model and data, evaluate each, and write the report.
 
     Returns each method's final status; raises ComparisonIncomplete if any method failed. Under `mlflow run`
-    the run MLflow made (MLFLOW_RUN_ID) is the comparison's parent run.
+    the run MLflow made (MLFLOW_RUN_ID) is the comparison's parent run. SIGTERM, SIGINT or a cancellation stop it
+    with its runs KILLED and its checkpoints kept (flows/stopping.py): the flow run ends Crashed or Cancelled.
     """
+    try:
+        with stop_on_signals(flow_run.id) as stop:
+            return _compare(config, stop)
+    except Stopped as exc:
+        if stop.cancelled:
+            return Cancelled(message=f"{exc.reason}: training stopped, MLflow runs ended KILLED, checkpoints kept")
+        raise
+
+
+def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     log = get_run_logger()
     preflight.check(config)
+    # first: whether the batch fits the data only its tokens tell, before any run exists; a base model to make first
+    # brings the tokenizer the task data is read with (preflight.check_data checked its own text meanwhile)
+    data_dir = None if config.makes_base_model else tokenize_for(config)
     uri = config.resolved_tracking_uri()
     ensure_store(uri)
     client = MlflowClient(uri)
     mlflow_run_id = os.environ.get("MLFLOW_RUN_ID")
     parent = open_comparison(client, config, mlflow_run_id, flow_run.id)
+    stop.comparison = (client, parent)
     client.set_tag(parent, Tag.REGIME, config.regime)
     output = Path(config.output_dir)
     model_name = made_base_model(client, config, parent) if config.makes_base_model else config.model_name
-    data_dir = tokenize(
-        config.dataset,
-        None if is_preset(model_name) else model_name,  # a pretrained model reads the data with its own tokenizer
-        config.seq_len,
-        str(output / "cache"),
-        config.training.seed,
-        parent_run_id=parent,
-        tracking_uri=uri,
-    )
     try:
+        if data_dir is None:  # the task data in the base model's tokenizer, checked against the batch
+            data_dir = tokenize_for(config, model_name)
         check_sweep_budget(config, len(TokenizedData(Path(data_dir)).blocks("train")))
     except ConfigError as exc:
         fail_run(client, parent, f"bad input: {exc}")
         raise
+    log_dataset_inputs(TokenizedData(Path(data_dir)), parent, uri)
     target = Target(client, config, parent, model_name, data_dir)
     statuses = {method: run_method(target, method) for method in config.methods}
     report = compare(uri, parent, str(output))
@@ -122,9 +137,14 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
     """On --resume, the parent run's own configuration, so the comparison finishes as it began."""
     uri = cfg.resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"no store at {uri} (reading it would create an empty one)")
-    params = MlflowClient(uri).get_run(cfg.resume).data.params
+        raise ConfigError(f"--resume: cannot read parent run {cfg.resume!r}: no store at {uri} (reading it would create "
+                          "an empty one)")
+    run = MlflowClient(uri).get_run(cfg.resume)
+    params, tags = run.data.params, run.data.tags
     if CONFIG_PARAM not in params:
+        if Tag.PARENT in tags:
+            raise ConfigError(f"--resume: run {cfg.resume} is the {tags.get(Tag.METHOD, 'child')} run of comparison "
+                              f"{tags[Tag.PARENT]}; resume the comparison: --resume {tags[Tag.PARENT]}")
         raise ConfigError(f"--resume: run {cfg.resume} is not a memopt comparison (it has no {CONFIG_PARAM!r} param)")
     logged = as_logged_before_regimes(json.loads(params[CONFIG_PARAM]))
     return validate(CompareConfig, {**logged, "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
@@ -132,17 +152,15 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
-        if cfg.resume:
-            try:
-                cfg = resumed_config(cfg)
-            except Exception as exc:  # noqa: BLE001 (any failure to read the run is the same user error)
-                raise ConfigError(f"--resume: cannot read parent run {cfg.resume!r}: {exc}") from None
-        preflight.check(cfg)
+        with raise_on_signals():  # a Ctrl-C before the flow starts: nothing to end, no traceback
+            cfg = checked_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         fail_mlflow_run(str(exc))
         return 2
+    except Stopped as exc:
+        return exc.exit_code
+    end_process_on_stop()
     try:
         statuses = compare_optimizers(cfg)
     except ConfigError as exc:  # what only the tokenized data could tell (check_sweep_budget)
@@ -151,8 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     except ComparisonIncomplete as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (Stopped, CancelledRun) as exc:
+        if (stop := current_stop()) is None:  # a signal as the flow ended, after its own handling
+            return exc.exit_code if isinstance(exc, Stopped) else 128 + signal.SIGTERM
+        stop.exit()  # 143 or 130, within the stop's deadline
     print(json.dumps(statuses))
     return 0
+
+
+def checked_config(argv: list[str]) -> CompareConfig:
+    """The configuration of the command line (or of the comparison --resume names), every check passed and the data
+    tokenized: ConfigError otherwise."""
+    cfg = parse_args(argv)
+    if cfg.resume:
+        try:
+            cfg = resumed_config(cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (any failure to read the run is the same user error)
+            raise ConfigError(f"--resume: cannot read parent run {cfg.resume!r}: {exc}") from None
+    preflight.check(cfg)
+    preflight.check_data(cfg)  # the flow's tokenize task will find the data ready
+    return cfg
 
 
 if __name__ == "__main__":

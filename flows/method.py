@@ -19,7 +19,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from memopt.config import CompareConfig, TrainConfig, TrainingOptions
 from memopt.sweep import Trial, best_trial, grid_edge, resolved_lr, seed_dir, seed_options, trial_dir, trial_options
-from memopt.tracking import child_run, fail_run, log_params_once, log_seed_summary, nested_run, seed_runs
+from memopt.tracking import child_run, fail_run, log_params_once, log_seed_summary, nested_run, reopen_run, seed_runs
 from memopt.trainer import NonFiniteLoss
 from memopt.vocabulary import Metric, Param, Role, Tag
 from tasks.evaluate import evaluate
@@ -54,8 +54,7 @@ def run_method(target: Target, method: str) -> str:
     if run.info.status == "FINISHED":
         log.info("%s: already finished in run %s; skipped", method, run_id)
         return "FINISHED"
-    if run.info.status != "RUNNING":
-        client.update_run(run_id, status="RUNNING")
+    reopen_run(client, run)
     lr, failure = choose_lr(target, method, run_id)
     if failure:
         fail_run(client, run_id, failure)
@@ -129,8 +128,7 @@ def train_runs(target: Target, method: str, jobs: list[Job], evaluate_model: boo
         if job.run.info.status == "FAILED" and reason.startswith(NonFiniteLoss.__name__):
             reasons[i] = reason  # the same seed gives the same NaN: not trained again on a resume
             continue
-        if job.run.info.status != "RUNNING":
-            client.update_run(job.run.info.run_id, status="RUNNING")
+        reopen_run(client, job.run)
         pending.append(i)
     for start in range(0, len(pending), at_once):
         # a seed run's step-0 loss is the initial one of the report; a trial's would be the same again

@@ -6,6 +6,7 @@ problems; `TokenizedData` reads such a folder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -15,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from memopt.data import DatasetError, dataset_identity, extract_answer, format_example, has_answers, load_text_dataset, text_field
+from memopt.data import (DatasetError, dataset_identity, extract_answer, format_example, has_answers, load_text_dataset,
+                         path_fingerprint, text_field)
 
 DEFAULT_VOCAB_SIZE = 4096
 EOS_TOKEN = "<|endoftext|>"
@@ -118,6 +120,20 @@ def is_complete(out_dir: Path) -> bool:
     return (Path(out_dir) / "meta.json").is_file()
 
 
+def tokenized_key(dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> str:
+    """Everything the tokenized folder depends on besides the code."""
+    tokenizer = tokenizer_name or f"bpe-{DEFAULT_VOCAB_SIZE}"
+    if tokenizer_name and Path(tokenizer_name).exists():
+        tokenizer += f" files={path_fingerprint(Path(tokenizer_name))}"
+    return json.dumps([dataset_identity(dataset, seed), tokenizer, seq_len])
+
+
+def tokenized_dir(cache_dir: str | Path, dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> Path:
+    """Where the tokens of (dataset, tokenizer, seq_len, seed) live under `cache_dir`."""
+    digest = hashlib.sha256(tokenized_key(dataset, tokenizer_name, seq_len, seed).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"tokenized-{digest}"
+
+
 def tokenize_dataset(
     dataset: str,
     tokenizer_name: str | None,
@@ -125,11 +141,15 @@ def tokenize_dataset(
     out_dir: Path,
     seed: int = 0,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> TokenizedData:
     """Tokenize `dataset` into `out_dir`, or reuse it if it is already complete. `tokenizer_name`
-    None trains a byte-level BPE of `vocab_size` on the train split."""
+    None trains a byte-level BPE of `vocab_size` on the train split. `check(meta)` sees the block counts
+    before the folder is published (or when it is reused): if it raises, no folder is left behind."""
     out_dir = Path(out_dir)
     if is_complete(out_dir):
+        if check is not None:
+            check(TokenizedData(out_dir).meta)
         return TokenizedData(out_dir)
     if seq_len < 1:
         raise ValueError(f"seq_len must be at least 1, got {seq_len}")
@@ -138,11 +158,14 @@ def tokenize_dataset(
     field = text_field(splits)
     texts = {split: _texts(splits[split], field) for split in ("train", "validation")}
     tokenizer = pretrained or train_tokenizer(texts["train"], vocab_size)
+    made = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
     try:
         meta = _write_blocks(tmp, texts, tokenizer, seq_len, dataset)
+        if check is not None:
+            check(meta)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         n_eval_problems = _write_eval_problems(tmp / "test.jsonl", splits["test"])
         meta.update(
@@ -152,8 +175,14 @@ def tokenize_dataset(
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: its presence marks completion
         _publish(tmp, out_dir)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # the folders made for it, innermost first, if nothing else has arrived in them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still here if another writer published first
     return TokenizedData(out_dir)
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict, SettingsError
 
-from memopt.config import CompareConfig, ConfigError, TrainingOptions
+from memopt.config import WHY_BOUND, CompareConfig, ConfigError, TrainingOptions
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,7 +67,9 @@ def describe_error(exc: ValidationError, model: type[BaseModel]) -> str:
     shown = value if (kind in BOUNDS or kind == "finite_number") and isinstance(value, str) else repr(value)
     if kind in BOUNDS:
         op, key = BOUNDS[kind]
-        must = f"{_kind(info)} {op} {ctx[key]:g}"
+        bound = ctx[key]
+        why = f" ({WHY_BOUND[bound]})" if bound in WHY_BOUND else ""
+        must = f"{_kind(info)} {op} {bound if isinstance(bound, int) else f'{bound:g}'}{why}"
     elif kind == "finite_number":
         must = "a finite number"
     elif kind == "literal_error":

@@ -41,6 +41,10 @@ from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
 from memopt.regimes import Regime, regime_hyperparameters
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
+# Every integer has an upper bound: what MLflow (a step is a 64-bit integer) and torch (sizes, generator seeds) can hold.
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # the batch order's generator is seeded with seed × 100003 + epoch, which must fit in 64 bits
+WHY_BOUND = {INT64_MAX: "the largest 64-bit integer: MLflow's steps and torch's sizes are 64-bit", SEED_MAX: "a 32-bit seed"}
 
 
 class ConfigError(ValueError):
@@ -67,15 +71,15 @@ class Section(BaseModel):
 class TrainingOptions(Section):
     """Training options shared by every method (memopt/options.py explains the batch geometry)."""
 
-    batch_size: int = Field(8, ge=1, description="sequences each process runs forward at once")
+    batch_size: int = Field(8, ge=1, le=INT64_MAX, description="sequences each process runs forward at once")
     total_batch_size: int = Field(
-        0, ge=0, description="sequences per optimizer step; gradient accumulation = it / (batch_size × world size), "
-        "which must divide it; 0: no accumulation")
-    epochs: int = Field(1, ge=1, description="passes over the training split")
-    max_steps: int = Field(0, ge=0, description="> 0: exactly this many optimizer steps, overriding epochs")
+        0, ge=0, le=INT64_MAX, description="sequences per optimizer step; gradient accumulation = "
+        "it / (batch_size × world size), which must divide it; 0: no accumulation")
+    epochs: int = Field(1, ge=1, le=INT64_MAX, description="passes over the training split")
+    max_steps: int = Field(0, ge=0, le=INT64_MAX, description="> 0: exactly this many optimizer steps, overriding epochs")
     lr: float | None = Field(None, gt=0, allow_inf_nan=False,
                              description="one learning rate for every method (unset: each method's own)")
-    warmup_steps: int | None = Field(None, ge=0, description="LR warm-up steps of the cosine schedule "
+    warmup_steps: int | None = Field(None, ge=0, le=INT64_MAX, description="LR warm-up steps of the cosine schedule "
                                      "(unset: warmup_ratio of the steps)")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="the warm-up's share of the steps when warmup_steps is not given")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine schedule's last learning rate, as a share of the peak")
@@ -83,18 +87,19 @@ class TrainingOptions(Section):
                              description="max total gradient norm (0: off); grad_norm is logged before clipping")
     dtype: typing.Literal["fp32", "bf16"] = Field(
         "fp32", description="the weights' dtype (autocast is the adamw-amp recipe's, independent of this)")
-    seed: int = Field(0, ge=0, description="data, model init and every random choice")
-    eval_every: int = Field(50, ge=1, description="steps between validation losses")
-    eval_batches: int = Field(8, ge=1, description="validation batches per evaluation while training "
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="data, model init and every random choice")
+    eval_every: int = Field(50, ge=1, le=INT64_MAX, description="steps between validation losses")
+    eval_batches: int = Field(8, ge=1, le=INT64_MAX, description="validation batches per evaluation while training "
                               "(the final evaluation reads the whole split)")
-    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
-    save_total_limit: int = Field(1, ge=1, description="checkpoints kept per method")
+    checkpoint_every: int = Field(50, ge=1, le=INT64_MAX, description="steps between checkpoints")
+    save_total_limit: int = Field(1, ge=1, le=INT64_MAX, description="checkpoints kept per method")
     metric_for_best_model: str = Field(
         "", description="val_loss or val_perplexity: the best evaluation's model is the final, logged one "
         "(unset: the last model)")
-    nproc_per_node: int = Field(1, ge=1, description="> 1: each method trains with DDP through torchrun, "
+    nproc_per_node: int = Field(1, ge=1, le=INT64_MAX, description="> 1: each method trains with DDP through torchrun, "
                                 "one process per GPU (gloo on CPU)")
-    nnodes: int = Field(1, ge=1, description="machines taking part, each running the same torchrun (README: Scaling out)")
+    nnodes: int = Field(1, ge=1, le=INT64_MAX,
+                        description="machines taking part, each running the same torchrun (README: Scaling out)")
     rdzv_endpoint: str = Field("", description="HOST:PORT of the first node, with nnodes > 1")
     memory_interval_s: float = Field(0.1, gt=0, allow_inf_nan=False, description="seconds between memory (RSS) samples")
     system_metrics: bool = Field(False, description="MLflow's system metrics (system/cpu_utilization_percentage, "
@@ -165,17 +170,18 @@ class CompareConfig(WithTraining):
     dataset: str = Field(
         DEFAULT_DATASET, description="the embedded default (generated offline from the seed, MATH-500's columns "
         "problem/solution/answer), a hub name, a local json/jsonl/txt/csv/parquet file or folder, or a save_to_disk folder")
-    seq_len: int = Field(128, ge=2, description="tokens per sequence")
+    seq_len: int = Field(128, ge=2, le=INT64_MAX, description="tokens per sequence")
     output_dir: str = Field("./results", description="report, checkpoints, models and the token cache")
     tracking_uri: str = Field("", description="an MLflow store: sqlite:///PATH.db or a tracking server http(s)://HOST:PORT "
                               "(unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    rank: int | None = Field(None, ge=1, description="rank of every low-rank method (unset: hidden size / 4, at most "
+    rank: int | None = Field(None, ge=1, le=INT64_MAX, description="rank of every low-rank method (unset: hidden size / 4, at most "
                              "the method's own, 128 for the 512-wide llama-60m: the authors' ratio)")
     sparsity: float | None = Field(None, ge=0, lt=1, description="every method with a sparsity, BlockLLM's share of "
                                    "elements left out (unset: the method's own, 0.9)")
     method_args: MethodArgs = Field(default_factory=dict, description="any other hyperparameter, METHOD.NAME=VALUE,... "
                                     "e.g. galore.update_proj_gap=50,blockllm.patience=20")
-    retries: int = Field(1, ge=0, description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
+    retries: int = Field(1, ge=0, le=INT64_MAX,
+                         description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
     regime: Regime = Field(
         "finetune", description="pretrain: the model's architecture from random init; finetune: a pretrained model "
         "adapted to the data (a preset's base is made first: base_*). Each method takes its authors' defaults for it")
@@ -183,15 +189,15 @@ class CompareConfig(WithTraining):
                             "baseline's included; the best trial's lr trains the seeds")
     method_lr_grid: MethodLrGrids = Field(default_factory=dict, description="a method's own grid instead of lr_grid, "
                                           "METHOD=[LR,...],... e.g. blockllm=[3e-3,1e-2]")
-    sweep_steps: int = Field(25, ge=0, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
+    sweep_steps: int = Field(25, ge=0, le=INT64_MAX, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
                              "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
-    sweep_workers: int = Field(2, ge=1, description="sweep trials trained at once (a trial's loss does not depend on it; "
+    sweep_workers: int = Field(2, ge=1, le=INT64_MAX, description="sweep trials trained at once (a trial's loss does not depend on it; "
                                "1 where memory or the accelerator is short; 1 under torchrun); seed runs always train one at a time")
     seeds: Seeds = Field([], description="seeds of each method's final runs, e.g. 0,1,2: the report gives mean ± std "
                          "over them (unset: --seed alone; the data always comes from --seed)")
     base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "
                               "pretrained on (the embedded default: general English, not the task), any --dataset form")
-    base_steps: int = Field(150, ge=0, description="finetune with a preset: AdamW steps that pretrain its base model "
+    base_steps: int = Field(150, ge=0, le=INT64_MAX, description="finetune with a preset: AdamW steps that pretrain its base model "
                             "(made once, cached by what it depends on; 0: none, so model_name must be pretrained)")
     base_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="finetune with a preset: the base model's AdamW lr")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
@@ -223,9 +229,9 @@ class CompareConfig(WithTraining):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        negative = [s for s in seeds if s < 0]
-        if negative:
-            raise ValueError(f"got {negative[0]}; every seed must be an integer >= 0")
+        outside = [s for s in seeds if not 0 <= s <= SEED_MAX]
+        if outside:
+            raise ValueError(f"got {outside[0]}; every seed must be an integer from 0 to {SEED_MAX} ({WHY_BOUND[SEED_MAX]})")
         check_given_once(seeds, why="; each seed runs once")
         return seeds
 
@@ -273,6 +279,14 @@ class CompareConfig(WithTraining):
         if self.lr_source(method) != "sweep":
             return []
         return self.method_lr_grid.get(method, self.lr_grid)
+
+    def tokenizer_name(self) -> str | None:
+        """The data is tokenized with the model's own tokenizer; a preset's (None) is a BPE trained on the data."""
+        return None if is_preset(self.model_name) else self.model_name
+
+    def cache_dir(self) -> str:
+        """Where the tokenized data lives (shared by every comparison writing to this output folder)."""
+        return str(Path(self.output_dir) / "cache")
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

@@ -13,13 +13,16 @@ per row (`format_example`); memopt/blocks.py tokenizes it into blocks on disk.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import datasets
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
+from memopt import hub
 from memopt.datagen import GENERATOR_VERSION, generate_math_dataset
 from memopt.textgen import TEXTGEN_VERSION, generate_general_corpus
 
@@ -35,6 +38,8 @@ HELD_OUT_FRACTION = 0.05  # of the rows, for each missing validation / test spli
 MATH_FIELDS = "problem+solution"  # text_field's answer for MATH-style rows
 # File suffix -> the `datasets` builder that reads it.
 BUILDERS = {".json": "json", ".jsonl": "json", ".txt": "text", ".parquet": "parquet", ".csv": "csv"}
+TEXT_SUFFIXES = (".json", ".jsonl", ".txt", ".csv")
+TEXT_PROBE_BYTES = 64 * 1024  # how much of a text file is read to tell it from a binary one
 # Hub datasets that need a config name; this one is the sensible default.
 HUB_DEFAULT_CONFIGS = {"wikitext": "wikitext-2-raw-v1", "Salesforce/wikitext": "wikitext-2-raw-v1"}
 # Other spellings of the validation split.
@@ -123,9 +128,24 @@ def load_text_dataset(name: str, seed: int = 0) -> DatasetDict:
 
 
 def check_dataset(name: str) -> None:
-    """Raise DatasetError now if `name` cannot be used, before anything is started."""
+    """Raise DatasetError now if `name` cannot be used, before anything is started; `datasets`' own error
+    logs and progress bars stay quiet, the error says it in one line."""
     if name not in EMBEDDED:
-        load_text_dataset(name)
+        with _quiet_datasets():
+            load_text_dataset(name)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    verbosity, bars = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _load_raw(name: str, seed: int) -> DatasetDict:
@@ -148,6 +168,10 @@ def _load_local(name: str, path: Path) -> DatasetDict:
     files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
     if all(p.stat().st_size == 0 for p in files):  # `datasets` fails on these with no useful message
         raise DatasetError(f"dataset {name!r} is empty: no file under it has any content")
+    for file in files:
+        if file.suffix in TEXT_SUFFIXES and not _is_text(file):  # `datasets` says only "error while generating"
+            raise DatasetError(f"dataset {name!r}: {file} is not text (its first bytes are binary or not UTF-8); "
+                               f"a {file.suffix} file must be UTF-8 text")
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = load_from_disk(str(path))
@@ -160,8 +184,20 @@ def _load_local(name: str, path: Path) -> DatasetDict:
     except DatasetError:
         raise
     except Exception as e:  # datasets raises many types for unreadable files; all mean the same here
-        raise DatasetError(f"dataset {name!r}: cannot read it: {e}") from e
+        # "An error occurred while generating the dataset" says nothing: the parser's error beneath it does
+        cause = e.__cause__ if isinstance(e, datasets.exceptions.DatasetGenerationError) and e.__cause__ else e
+        raise DatasetError(f"dataset {name!r}: cannot read it: {cause}") from e
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def _is_text(file: Path) -> bool:
+    with file.open("rb") as f:
+        head = f.read(TEXT_PROBE_BYTES)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 def _hub_spec(name: str) -> tuple[str, str | None, str | None]:
@@ -173,16 +209,14 @@ def _hub_spec(name: str) -> tuple[str, str | None, str | None]:
 
 def _load_hub(name: str) -> DatasetDict:
     path, config, revision = _hub_spec(name)
+    if (why := hub.unreachable_hint()) is not None:
+        raise DatasetError(f"dataset {name!r}: not a local path, and the Hugging Face hub is out of reach ({why})")
     try:
         loaded = load_dataset(path, config, revision=revision)
     except Exception as e:  # offline, unknown name, missing config...: the name cannot be used
-        offline = " (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else ""
+        offline = f" (offline: {' / '.join(hub.OFFLINE_VARIABLES)} is set)" if hub.offline() else ""
         raise DatasetError(f"dataset {name!r}: not a local path and cannot be loaded from the hub{offline}: {e}") from e
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _with_splits(raw: DatasetDict, seed: int, name: str) -> DatasetDict:

@@ -102,7 +102,8 @@ def build_model(
     if not pretrained:
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name))
-    return AutoModelForCausalLM.from_pretrained(name)
+    # safetensors only: pickled weights (pytorch_model.bin) can run code when loaded (memopt/preflight.py says so first)
+    return AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
 
 
 def max_positions(name: str) -> int | None:
@@ -116,3 +117,11 @@ def max_positions(name: str) -> int | None:
 
 def is_local_model(name: str) -> bool:
     return Path(name).is_dir() and (Path(name) / "config.json").is_file()
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # what torch.load or pickle would read
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The safetensors weights of a save_pretrained folder (one file, or shards with their index)."""
+    return sorted(folder.glob("*.safetensors"))

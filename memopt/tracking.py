@@ -76,6 +76,10 @@ class RunLogger:
     def already_logged(self, key: str, step: int) -> bool:
         return step <= self._logged_through[key]
 
+    def last_logged_step(self) -> int:
+        """The highest step of any metric the run had when this logger started (-1: none)."""
+        return max(self._logged_through.values(), default=-1)
+
     def metrics(self, values: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         timestamp_ms = timestamp_ms or int(time.time() * 1000)
         fresh = [Metric(str(k), float(v), timestamp_ms, step) for k, v in values.items() if not self.already_logged(k, step)]
@@ -157,6 +161,8 @@ def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str
         # comparison it finishes, and `mlflow run` ends it from our exit code.
         client.set_tag(mlflow_run_id, Tag.RESUMED_PARENT, parent)
     client.log_batch(parent, params=[])  # fail early if the parent is not writable
+    if cfg.resume:
+        reopen_run(client, client.get_run(parent))
     if prefect_flow_run_id:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
         client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run_id)
     existing = client.get_run(parent).data.params
@@ -297,6 +303,28 @@ def log_transformers_model(client: MlflowClient, run_id: str, model_dir: str | P
     client.finalize_logged_model(logged.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id
+
+
+def kill_comparison(client: MlflowClient, parent: str, reason: str) -> None:
+    """A comparison stopped (a signal, a cancellation): its unfinished runs (the methods', their trials' and seed
+    runs', the base model's) and the parent end KILLED, tagged with `reason`. Under `mlflow run` that ends the parent
+    from our exit code, it ends FAILED there afterwards."""
+    runs = nested_runs(client, parent)
+    runs += [run for child in runs if child.info.status == "RUNNING" for run in nested_runs(client, child.info.run_id)]
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, Tag.STOPPED_BY, reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_tag(parent, Tag.STOPPED_BY, reason)
+    client.set_terminated(parent, "KILLED")
+
+
+def reopen_run(client: MlflowClient, run: "mlflow.entities.Run") -> None:
+    """A run a resume continues: RUNNING again, without the tag of the stop that ended it."""
+    if run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+    if Tag.STOPPED_BY in run.data.tags:
+        client.delete_tag(run.info.run_id, Tag.STOPPED_BY)
 
 
 def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:

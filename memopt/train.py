@@ -8,8 +8,10 @@ a crash its own. If the output folder holds a checkpoint, training resumes from
 it into the same run; metrics already in the store are not logged again. The
 engine itself is memopt/trainer.py.
 
-Exit codes: 0 done, 3 the loss became NaN or inf (retrying cannot help), 1 any
-other failure. The reason goes to the run as the tag `memopt.failure_reason`.
+Exit codes: 0 done, 3 retrying cannot help (the loss became NaN or inf, or no
+checkpoint reads whole), 1 any other failure. The reason goes to the run as the
+tag `memopt.failure_reason`. On SIGTERM or SIGINT it sends what it has logged and
+ends by the signal (memopt/stopping.py); its latest checkpoint stays as it was.
 
 Under torchrun (several processes, memopt/distributed.py) every rank runs this
 same loop on its slice of each global batch; only rank 0 logs, evaluates and
@@ -21,13 +23,16 @@ import sys
 import traceback
 
 from memopt import distributed
+from memopt.checkpoint import CheckpointError
 from memopt.config import TrainConfig
 from memopt.monitor import MIB, rss_bytes
+from memopt.stopping import Stopped, die_by, die_with_parent, raise_on_signals
 from memopt.tracking import RunLogger
 from memopt.trainer import NonFiniteLoss, Trainer
 from memopt.vocabulary import Metric, Tag
 
-EXIT_NONFINITE = 3
+EXIT_NONFINITE = 3  # retrying cannot help: the same seed gives the same NaN, the same damaged checkpoint
+NOT_RETRIABLE = (NonFiniteLoss, CheckpointError)
 
 
 class _NoLogger:
@@ -59,6 +64,8 @@ def train(cfg: TrainConfig) -> None:
         trainer.fit()
         logger.metrics({Metric.RSS_AT_START_MB: rss_at_start / MIB}, trainer.steps)
         trainer.finish()
+    except Stopped:
+        raise  # not a failure: the flow ends the run KILLED
     except BaseException as exc:
         print(f"[rank {world.rank}] {traceback.format_exc()}", file=sys.stderr)
         logger.tags({Tag.FAILURE_REASON: f"{type(exc).__name__}: {exc}"[:5000]})
@@ -70,22 +77,6 @@ def train(cfg: TrainConfig) -> None:
         distributed.teardown(world)
 
 
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the process that started this one dies. A flow killed with kill -9 would
-    otherwise leave this process training on, into the checkpoints and the run a resume is about to use."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import os
-    import signal
-
-    parent = os.getppid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     die_with_parent()
@@ -93,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m memopt.train CONFIG.json", file=sys.stderr)
         return 2
     try:
-        train(TrainConfig.from_json(args[0]))
-    except NonFiniteLoss:
+        with raise_on_signals():
+            train(TrainConfig.from_json(args[0]))
+    except Stopped as exc:
+        die_by(exc.signum)
+    except NOT_RETRIABLE:
         return EXIT_NONFINITE
     except Exception:
         return 1

@@ -40,6 +40,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+LONG_RUN_S = 24 * 3600  # a run longer than this at its first steps' speed says so
+TIMED_STEPS = 3  # steps timed for that estimate, after the first (which warms up)
+
+
 def total_steps(max_steps: int, epochs: int, n_blocks: int, global_batch: int) -> int:
     steps_per_epoch = n_blocks // global_batch
     if steps_per_epoch == 0:
@@ -94,6 +98,7 @@ class Trainer:
         self.best = BestTracker(self.opts.metric_for_best_model)
         self.step = 0
         self.sampler: MemorySampler | None = None
+        self._step_times: list[float] = []  # this process's first steps, for the run's length (_say_if_long)
         self._resume()
 
     def _build_model(self) -> torch.nn.Module:
@@ -129,12 +134,28 @@ class Trainer:
         self.step = int(state["step"])
 
     def _resume(self) -> None:
-        resume_from = checkpoint.latest(self.out / "checkpoints")
-        if resume_from is None:
+        """From the newest checkpoint that reads whole (checkpoint.resume); a run is never started again from step 0
+        without saying so."""
+        directory = self.out / "checkpoints"
+        found = checkpoint.resume(directory, self.model)
+        if found is None:
             torch.manual_seed(self.opts.seed)
+            last = self.log.last_logged_step()
+            if last is not None and last >= 0:  # a process that died before its first checkpoint, or one deleted
+                self._say(Tag.RESTARTED_FROM_ZERO, f"no checkpoint in {directory}: trained again from step 0; the run's "
+                          f"metrics through step {last} were logged before and are not logged again")
             return
-        self.load_state_dict(checkpoint.load(resume_from, self.model))
+        state, _, skipped = found
+        self.load_state_dict(state)
         self.log.tags({Tag.RESUMED_FROM_STEP: str(self.step)})
+        if skipped:
+            self._say(Tag.SKIPPED_CHECKPOINTS, f"resumed from step {self.step}, skipping {'; '.join(skipped)}")
+
+    def _say(self, tag: Tag, message: str) -> None:
+        """A fact about this run worth more than a log line: a tag on the run, and a line on stderr."""
+        self.log.tags({tag: message[:5000]})
+        if self.world.is_main:
+            print(f"{self.cfg.method}: {message}", file=sys.stderr)
 
     def save_checkpoint(self) -> None:
         if self.world.is_main:
@@ -172,6 +193,8 @@ class Trainer:
                        file=sys.stderr, disable=not self.world.is_main)
             for _ in bar:
                 bar.set_postfix(loss=f"{self.train_step():.3f}")
+                if self.step == first + TIMED_STEPS:
+                    self._say_if_long(bar)
                 if self.step == first or self.step % self.opts.eval_every == 0 or self.step == self.steps:
                     self.log.metrics({
                         Metric.OPTIMIZER_STATE_BYTES: optimizer_state_bytes(self.optimizer),
@@ -181,6 +204,18 @@ class Trainer:
                     self.evaluate()
                 if self.step % self.opts.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
+
+    def _say_if_long(self, bar: tqdm) -> None:
+        """A step count that would take more than a day at the speed of this process's first steps is said at once,
+        on the progress output and as a tag, rather than found out from tqdm's estimate."""
+        timed = sorted(self._step_times[1:])
+        step_s = timed[len(timed) // 2]
+        seconds = (self.steps - self.step) * step_s
+        if seconds > LONG_RUN_S:
+            message = (f"{self.steps:,} steps at {step_s:.2g} s a step would take about {_duration(seconds)}, more than "
+                       "a day: lower --max_steps or --epochs if that is not what you meant")
+            bar.write(f"{self.cfg.method}: warning: {message}", file=sys.stderr)
+            self.log.tags({Tag.LONG_RUN: message})
 
     def train_step(self) -> float:
         """One optimizer step over the global batch: this rank's rows, accumulated; returns the mean loss."""
@@ -203,6 +238,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         step_time = time.perf_counter() - t0
+        if len(self._step_times) <= TIMED_STEPS:
+            self._step_times.append(step_time)
         self.step += 1
         self.log.metrics({
             Metric.TRAIN_LOSS: loss.item(),
@@ -284,3 +321,8 @@ class Trainer:
         dense = dense.to(DTYPES[self.opts.dtype])
         dense.load_state_dict(merged_state_dict(self.model))
         return dense
+
+
+def _duration(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days / 365:,.0f} years" if days >= 730 else f"{days:,.0f} days" if days >= 2 else f"{seconds / 3600:.0f} hours"

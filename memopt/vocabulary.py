@@ -23,6 +23,10 @@ class Tag(StrEnum):
     METHOD = "memopt.method"
     FAILURE_REASON = "memopt.failure_reason"
     RESUMED_FROM_STEP = "memopt.resumed_from_step"
+    SKIPPED_CHECKPOINTS = "memopt.skipped_checkpoints"  # damaged checkpoints a resume passed over, with why
+    RESTARTED_FROM_ZERO = "memopt.restarted_from_step_0"  # no checkpoint, but the run already had metrics
+    STOPPED_BY = "memopt.stopped_by"  # on runs ended KILLED: the signal, or the Prefect cancellation
+    LONG_RUN = "memopt.long_run"  # the step count would take more than a day at the first steps' speed
     RESUMED_PARENT = "memopt.resumed_parent"  # on the run `mlflow run -P resume=ID` makes: the parent it finishes
     FAILED_METHODS = "memopt.failed_methods"
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from memopt.config import CompareConfig, TrainConfig, TrainingOptions
 from memopt.data import dataset_identity
-from memopt.tracking import fail_run, log_transformers_model, nested_run
+from memopt.tracking import fail_run, log_transformers_model, nested_run, reopen_run
 from memopt.vocabulary import Role, Tag
 from tasks.data import tokenize
 from tasks.train import TrainingFailed, train
@@ -86,7 +86,9 @@ def base_model(spec: BaseSpec, training: TrainingOptions, output_dir: str, paren
     if base_record(folder):
         return str(folder)
     client = MlflowClient(tracking_uri)
-    run_id = nested_run(client, parent_run_id, Role.BASE, "base-model", {Tag.BASE_KEY: spec.digest()}).info.run_id
+    run = nested_run(client, parent_run_id, Role.BASE, "base-model", {Tag.BASE_KEY: spec.digest()})
+    reopen_run(client, run)  # one a stop ended KILLED continues
+    run_id = run.info.run_id
     data_dir = tokenize(spec.dataset, None, spec.seq_len, str(Path(output_dir) / "cache"), spec.seed,
                         parent_run_id=run_id, tracking_uri=tracking_uri)
     options = TrainingOptions.model_validate({

@@ -5,9 +5,7 @@ tokenized again. The tokenized folder is named by a hash of the same identity.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from mlflow import MlflowClient
@@ -18,24 +16,13 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from memopt.blocks import DEFAULT_VOCAB_SIZE, TokenizedData, tokenize_dataset
-from memopt.data import dataset_identity, path_fingerprint
+from memopt.blocks import TokenizedData, is_complete, tokenize_dataset, tokenized_dir, tokenized_key
+from memopt.config import CompareConfig, TrainingOptions
+from memopt.models import is_preset
+from memopt.preflight import check_blocks
 
 # MLflow's dataset contexts for the two tokenized splits.
 CONTEXTS = {"train": "training", "validation": "validation"}
-
-
-def tokenized_key(dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> str:
-    """Everything the tokenized folder depends on besides the code."""
-    tokenizer = tokenizer_name or f"bpe-{DEFAULT_VOCAB_SIZE}"
-    if tokenizer_name and Path(tokenizer_name).exists():
-        tokenizer += f" files={path_fingerprint(Path(tokenizer_name))}"
-    return json.dumps([dataset_identity(dataset, seed), tokenizer, seq_len])
-
-
-def tokenized_dir(cache_dir: str | Path, dataset: str, tokenizer_name: str | None, seq_len: int, seed: int) -> Path:
-    digest = hashlib.sha256(tokenized_key(dataset, tokenizer_name, seq_len, seed).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"tokenized-{digest}"
 
 
 def _content_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -59,8 +46,9 @@ def log_dataset_inputs(data: TokenizedData, run_id: str, tracking_uri: str | Non
         client.log_inputs(run_id, datasets=inputs)
 
 
-# INPUTS includes parent_run_id: a new comparison runs the body again, which reuses the
-# folder on disk (milliseconds) and logs the dataset to its own parent run.
+# INPUTS includes parent_run_id: given one, a new run runs the body again, which reuses the folder on disk
+# (milliseconds) and logs the dataset to it. A comparison tokenizes before its parent run exists (the batch is
+# checked against the tokens first) and logs the dataset to the parent itself.
 @task(
     cache_policy=INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_content_key),
     persist_result=True,
@@ -74,10 +62,24 @@ def tokenize(
     seed: int,
     parent_run_id: str | None = None,
     tracking_uri: str | None = None,
+    training: TrainingOptions | None = None,
 ) -> str:
-    """Tokenize `dataset` into a folder under `cache_dir` (reused when complete); returns its path."""
+    """Tokenize `dataset` into a folder under `cache_dir` (reused when complete); returns its path. With `training`,
+    a batch the data cannot fill is a ConfigError before the folder is published (memopt.preflight.check_blocks)."""
     out_dir = tokenized_dir(cache_dir, dataset, tokenizer_name, seq_len, seed)
-    data = tokenize_dataset(dataset, tokenizer_name, seq_len, out_dir, seed=seed)
+    check = partial(check_blocks, training, dataset, seq_len) if training is not None else None
+    data = tokenize_dataset(dataset, tokenizer_name, seq_len, out_dir, seed=seed, check=check)
     if parent_run_id:
         log_dataset_inputs(data, parent_run_id, tracking_uri)
     return str(data.root)
+
+
+def tokenize_for(config: CompareConfig, model_name: str | None = None) -> str:
+    """`tokenize` for a comparison: its data, the tokenizer of `model_name` (default: the comparison's model; a
+    base model's once it is made), seq_len and seed, checked against its batch. A cached result whose folder was
+    deleted since is refreshed, so the path returned always holds the tokens."""
+    tokenizer = config.tokenizer_name() if model_name is None else None if is_preset(model_name) else model_name
+    cache, seed = config.cache_dir(), config.training.seed
+    gone = not is_complete(tokenized_dir(cache, config.dataset, tokenizer, config.seq_len, seed))
+    return tokenize.with_options(refresh_cache=gone)(config.dataset, tokenizer, config.seq_len, cache, seed,
+                                                     training=config.training)

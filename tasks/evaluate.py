@@ -24,7 +24,7 @@ def evaluate(
     accuracy_problems: int = 20,
 ) -> dict[str, float]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(Path(model_dir)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(Path(model_dir), use_safetensors=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(Path(model_dir))
     data = TokenizedData(Path(data_dir))
     loss = validation_loss(model, data.blocks("validation"), batch_size)

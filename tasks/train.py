@@ -3,7 +3,9 @@
 The process is `python -m memopt.train CONFIG.json` (memopt/train.py): its own
 OS process for a fair peak memory and an isolated crash. A Prefect retry runs
 it again; it resumes from its last checkpoint into the same child run. A NaN or
-inf loss is not retried: the same seed would give the same NaN.
+inf loss is not retried: the same seed would give the same NaN; nor is a
+checkpoint that does not read. On SIGTERM, SIGINT or a cancellation the flow
+stops the process's whole group here (flows/stopping.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from prefect import task
 
 from memopt.config import TrainConfig
 from memopt.distributed import launch_command
-from memopt.train import EXIT_NONFINITE
+from memopt.stopping import die_with_parent, stop_process_group
+from memopt.train import EXIT_NONFINITE, NOT_RETRIABLE
 from memopt.vocabulary import Tag
 
 
@@ -51,10 +54,16 @@ def train(cfg: TrainConfig) -> str:
     cfg.to_json(config_path)
     # plain Python, or torchrun when several processes train (memopt/distributed.py)
     opts = cfg.training
-    proc = subprocess.run(launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id))
+    # a process group of its own: a Ctrl-C reaches the flow alone, which stops the whole group (torchrun's workers too)
+    proc = subprocess.Popen(launch_command(str(config_path), opts.nproc_per_node, opts.nnodes, opts.rdzv_endpoint, cfg.run_id),
+                            start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        proc.wait()
+    finally:
+        stop_process_group(proc)  # on a signal or a cancellation the flow stops here
     if proc.returncode != 0:
         reason = failure_reason(proc.returncode, cfg.tracking_uri, cfg.run_id)
         # torchrun exits 1 whatever its workers' codes were: the tag rank 0 wrote tells a NaN apart
-        nonfinite = proc.returncode == EXIT_NONFINITE or reason.startswith("NonFiniteLoss")
-        raise TrainingFailed(reason, retriable=not nonfinite)
+        final = proc.returncode == EXIT_NONFINITE or reason.startswith(tuple(e.__name__ for e in NOT_RETRIABLE))
+        raise TrainingFailed(reason, retriable=not final)
     return str(out / "final")

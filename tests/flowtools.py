@@ -1,11 +1,9 @@
-"""Helpers for tests that run the flow's command line as a subprocess (real processes, killed from the test)."""
+"""Helpers for tests that run the flow's command line as a subprocess (real processes, killed from the test):
+its environment and what its runs hold; starting, waiting and killing are tests/helpers.py's."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -13,6 +11,7 @@ from mlflow.entities import ViewType
 
 from memopt import checkpoint
 from memopt.vocabulary import Tag
+from tests.helpers import kill_group, start_flow, training_pids, wait_for  # noqa: F401 (for the flow tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,45 +32,6 @@ def cli_environment(tmp_path_factory, **extra: str) -> dict[str, str]:
         # A micro model on 2 shared cores: torch's default threads make generation ~18x slower here.
         "OMP_NUM_THREADS": "1",
     }
-
-
-def start_flow(args: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
-    # A session of its own: killing its group can never reach pytest.
-    return subprocess.Popen([sys.executable, "-m", "flows.compare", *args], cwd=cwd, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_for(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 300, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if proc.poll() is not None:
-            raise AssertionError(f"the flow ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(every)
-    return value
-
-
-def training_pids(fragment: str) -> list[int]:
-    """Live `python -m memopt.train CONFIG` processes whose config path contains `fragment`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            continue
-        if alive and b"memopt.train" in cmd and any(fragment.encode() in c for c in cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def latest_step(ckpt_dir: Path) -> int:

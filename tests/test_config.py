@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 
 from flows.compare import compare_optimizers, parse_args
 from memopt.cli import TABLE_END, TABLE_START, parameter_table
-from memopt.config import CompareConfig, ConfigError, TrainConfig, TrainingOptions, as_logged_before_regimes
+from memopt.config import INT64_MAX, WHY_BOUND, CompareConfig, ConfigError, TrainConfig, TrainingOptions, as_logged_before_regimes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,18 @@ def test_every_bounded_parameter_out_of_range_is_one_line(name):
         with pytest.raises(ConfigError) as err:
             parse_args([f"--{name}", text])
         op = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[bound]
-        assert str(err.value) == f"--{name}: got {text}; must be {what} {op} {limit:g}"
+        why = f" ({WHY_BOUND[limit]})" if limit in WHY_BOUND else ""
+        assert str(err.value) == f"--{name}: got {text}; must be {what} {op} {limit if kind is int else f'{limit:g}'}{why}"
+
+
+def test_every_integer_parameter_has_an_upper_bound_it_can_be_stored_in():
+    """An integer beyond int64 (MLflow's step, torch's sizes) is refused with its reason, not run for 8,000 hours."""
+    unbounded = [name for name, info in parameters().items() if _number_type(info) is int and "le" not in _bounds(info)]
+    assert not unbounded
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--max_steps", "99999999999999999999"])
+    assert str(err.value) == ("--max_steps: got 99999999999999999999; must be an integer <= 9223372036854775807 "
+                              f"({WHY_BOUND[INT64_MAX]})")
 
 
 @pytest.mark.parametrize("name", [n for n, f in parameters().items() if _number_type(f)])

@@ -303,8 +303,9 @@ def test_checkpoints_load_weights_only(tmp_path):
     saved = checkpoint.save(tmp_path, 1, model, {"step": 1})
     assert checkpoint.load(saved, model) == {"step": 1}
     torch.save({"step": 1, "payload": SimpleNamespace(x=1)}, saved / "trainer_state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(checkpoint.CheckpointError, match="trainer_state.pt") as refused:
         checkpoint.load(saved, model)
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
 
 
 def test_weights_are_safetensors(resumed):
