@@ -65,7 +65,7 @@ def fair(prefect_server, tmp_path_factory):
     proc = start_flow([*FAIR, "--output_dir", str(out), "--tracking_uri", uri], tmp, env, first_log)
     try:  # kill the flow once adamw's first round of trials is done and the third trial is training
         third = wait_for(lambda: next(out.glob("runs/*/adamw/trial-lr0.01/checkpoints/latest"), None), proc, first_log,
-                         "the third trial's first checkpoint")
+                         "the third trial's first checkpoint", timeout=1800)  # the base model and the sweep's first round first
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
