@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def machine() -> str:
 
 def command() -> str:
     """The command that reproduces the running benchmark (run as `python -m benchmarks.NAME`)."""
-    return " ".join(["python -m benchmarks." + Path(sys.argv[0]).stem, *sys.argv[1:]])
+    return f"python -m benchmarks.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}".rstrip()  # quoted: '' survives
 
 
 def write_section(name: str, title: str, body: str) -> None:

@@ -10,8 +10,11 @@ hidden/4), then trains `--steps` steps on seeded random tokens the way the engin
 kernel's high-water mark (VmHWM) after step 1 and, after resetting it through
 /proc/self/clear_refs, the high-water mark of steps 2..N alone: BlockLLM's first step is one full
 backward with every non-embedding tensor trainable (its first selection), a transient the later
-steps do not have. Methods run one after another (round-robin over `--reps`): memory does not
-depend on the load, but the load is recorded anyway.
+steps do not have. Step 2 is also measured by the engine's own probe (memopt/breakdown.py): the
+exact bytes of the weights, gradients, optimizer state and peak activations, each beside its
+formula, the baseline (runtime) and the rest of the step's peak.
+Methods run one after another (round-robin over `--reps`): memory does not depend on the load,
+but the load is recorded anyway.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     import torch
 
     from memopt import optim
+    from memopt.breakdown import StepMemory
     from memopt.config import CompareConfig
     from memopt.loss import CausalLMLoss
     from memopt.memory import optimizer_state_bytes
@@ -58,18 +62,30 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
     model = build_model(model_name, seed=0)
     model.config.use_cache = False
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    opt = optim.build(recipe(method).optimizer, model, **hp, **run_hyperparameters(recipe(method).optimizer, steps, 1))
+    name = recipe(method).optimizer
+    all_hp = {**hp, **run_hyperparameters(name, steps, 1)}
+    opt = optim.build(name, model, **all_hp)
     loss_of = (lambda x: model(input_ids=x, labels=x).loss) if transformers_loss else CausalLMLoss(model)
+    # the activation formula counts the engine's fused loss
+    probe = StepMemory(model, opt, torch.device("cpu"), baseline, lambda: optim.expected_state_bytes(name, model, **all_hp),
+                       None if transformers_loss else (batch, seq))
+    probe.at_step = min(2, steps)
     gen = torch.Generator().manual_seed(0)
     hwm_step1 = hwm_later = 0
     reset_ok = True
-    for step in range(steps):
+    breakdown = None
+    for step in range(1, steps + 1):
         x = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
-        loss = loss_of(x)
-        loss.backward()
-        opt.step(lambda: loss.detach())
+        with probe.measuring(step):  # the engine's boundaries (memopt/trainer.py)
+            loss = loss_of(x)
+            probe.boundary("forward")
+            loss.backward()
+            probe.boundary("backward")
+            opt.step(lambda: loss.detach())
+            probe.boundary("optimizer_step")
         opt.zero_grad(set_to_none=True)
-        if step == 0:
+        breakdown = probe.take() or breakdown
+        if step == 1:
             hwm_step1 = _hwm_bytes()
             reset_ok = _reset_hwm()
     hwm_later = _hwm_bytes() if steps > 1 else hwm_step1
@@ -84,6 +100,8 @@ def child(method: str, model_name: str, batch: int, seq: int, steps: int, transf
         "peak_step1": hwm_step1,
         "peak_later": hwm_later if reset_ok else None,
         "rss_end": rss_bytes(),
+        "breakdown": {"measured": breakdown.measured, "estimate": breakdown.estimate, "runtime": breakdown.runtime,
+                      "rest": breakdown.rest, "peak": breakdown.peak, "step": breakdown.step},
     }
 
 
@@ -110,6 +128,39 @@ def run_child(label: str, a: argparse.Namespace) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "load": load}
 
 
+def breakdown_section(methods: list[str], runs: dict[str, list[dict]]) -> str:
+    """Where step 2's memory goes, per method: the engine's probe (memopt/breakdown.py), medians over the runs."""
+    from memopt.vocabulary import MemoryPart
+
+    def med(m: str, key: str, part: str | None = None) -> float:
+        values = [r["breakdown"][key] if part is None else r["breakdown"][key][part] for r in runs[m]]
+        return statistics.median(values) if None not in values else None
+
+    def mib(measured: float, formula: float | None = None) -> str:
+        text = f"{measured / MIB:.1f}"
+        return text if formula is None else f"{text} ({formula / MIB:.1f})"
+
+    rows = []
+    for m in methods:
+        ref_peak = med("adamw" + variant(m)[1], "peak")
+        rows.append([m, *(mib(med(m, "measured", p), med(m, "estimate", p)) for p in MemoryPart),
+                     mib(med(m, "runtime")), mib(med(m, "rest")), mib(med(m, "peak")), f"{med(m, 'peak') / ref_peak:.3f}"])
+    header = ["method", "weights MiB", "gradients MiB", "optimizer state MiB", "peak activations MiB", "runtime MiB",
+              "rest MiB", "step 2 peak MiB", "step 2 peak ÷ AdamW"]
+    return (
+        "### Where step 2's memory goes\n\n"
+        "The same runs, step 2 measured by the engine's probe (`memopt.breakdown.StepMemory`, what the training "
+        "process logs as `memory/*`): exact bytes of the weights, of the gradients when backward ends, of the "
+        "optimizer state after the step, and the most bytes autograd's saved tensors held at once (peak "
+        "activations, the fused loss's gradients included); in brackets each part's formula from the shapes (the "
+        "activation count of memopt.breakdown.activation_bytes; none with frozen or reparameterized tensors or "
+        "transformers' loss). Runtime = the baseline, RSS right before the model is built (Python, torch, "
+        "transformers); rest = the step's own VmHWM (reset at its start) minus the runtime and the four parts "
+        "(temporaries, code loaded since, freed memory glibc keeps resident; gradients and activations do not all "
+        "coexist, so it is a lower bound). Medians over the runs.\n\n" + markdown_table(header, rows)
+    )
+
+
 def main() -> None:
     from memopt import optim
 
@@ -119,6 +170,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--section", default="peak_rss",
+                   help="the BENCHMARKS.md section to write: a run over a subset of the methods can go beside the full table")
     p.add_argument("--methods", default=",".join(optim.METHODS))
     p.add_argument("--fixed_mmap", default="adamw,blockllm",
                    help="methods also run with MALLOC_MMAP_THRESHOLD_=65536 (glibc's dynamic threshold off)")
@@ -136,6 +189,7 @@ def main() -> None:
         methods.insert(0, "adamw")
     methods += [m + FIXED for m in a.fixed_mmap.split(",") if m] + [m + HF_LOSS for m in a.hf_loss.split(",") if m]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
+    load_before = os.getloadavg()[0]
     for rep in range(a.reps):  # round-robin
         for m in methods:
             r = run_child(m, a)
@@ -177,10 +231,13 @@ def main() -> None:
         "from the heap and freed ones are kept resident). Every row computes the loss as the engine does "
         "(`memopt.loss.CausalLMLoss`: fused, chunked linear cross-entropy) except those marked transformers' loss, "
         "which call `model(input_ids, labels).loss` (the whole batch's fp32 logits, and their log-softmax and "
-        "gradients). Each variant row is compared with AdamW run the same way.\n\n"
+        "gradients). Each variant row is compared with AdamW run the same way. 1-minute load average before the "
+        f"first run → after the last: {load_before:.2f} → {os.getloadavg()[0]:.2f}.\n\n"
         + markdown_table(header, rows)
+        + "\n\n" + breakdown_section(methods, runs)
     )
-    write_section("peak_rss", "Peak RSS per method (own process each)", body)
+    title = "Peak RSS per method (own process each)"
+    write_section(a.section, title if a.section == "peak_rss" else f"{title}: {', '.join(methods)}", body)
     print(body)
 
 

@@ -61,7 +61,7 @@ def results(uri: str, loads: list[tuple[float, float]]) -> tuple[dict[str, dict]
     """{method: its row's numbers} of the comparison in `uri`, and its regime."""
     from mlflow import MlflowClient
 
-    from memopt.report_tuning import sweep_points
+    from memopt.report.tuning import sweep_points
     from memopt.stats import spread
     from memopt.tracking import child_runs, seed_runs, seed_values
     from memopt.vocabulary import Metric, Param, Tag

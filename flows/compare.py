@@ -34,7 +34,7 @@ from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
 from memopt.config import CompareConfig, ConfigError, as_logged_before_regimes
 from memopt.stopping import Stopped, raise_on_signals
-from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, log_transformers_model, open_comparison
+from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, log_model, open_comparison
 from memopt.vocabulary import CONFIG_PARAM, Tag
 from tasks.base import BaseSpec, base_model, base_record
 from tasks.data import log_dataset_inputs, tokenize_for
@@ -87,7 +87,7 @@ def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     log_dataset_inputs(TokenizedData(Path(data_dir)), parent, uri)
     target = Target(client, config, parent, model_name, data_dir)
     statuses = {method: run_method(target, method) for method in config.methods}
-    report = compare(uri, parent, str(output))
+    report = compare(uri, parent, str(output), config.register_model_name)
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
     close_comparison(client, parent, failed, end_parent=parent != mlflow_run_id)
@@ -113,7 +113,7 @@ def made_base_model(client: MlflowClient, config: CompareConfig, parent: str) ->
     try:
         client.get_logged_model(model_id)
     except MlflowException:  # made for another store (same output folder): logged into this one, not trained again
-        model_id = log_transformers_model(client, parent, record["model_dir"], name="base-model")
+        model_id = log_model(client, parent, record["model_dir"], name="base-model")
     client.log_batch(parent, tags=[RunTag(Tag.BASE_MODEL, record["model_dir"]), RunTag(Tag.BASE_MODEL_ID, model_id)])
     return record["model_dir"]
 

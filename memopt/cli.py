@@ -5,6 +5,7 @@ its one-line errors, and the README's parameter table.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -116,6 +117,31 @@ def from_command_line(model: type[M], argv: list[str], prog: str, description: s
     except ValidationError as exc:
         raise ConfigError(describe_error(exc, model)) from None
     return validate(model, parsed.model_dump())
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):  # method_args: METHOD.NAME=VALUE,...
+        return ",".join(f"{m}.{k}={v!r}" for m, hp in value.items() for k, v in hp.items())
+    return str(value)
+
+
+def command_line(cfg: CompareConfig, prog: str = "python -m flows.compare") -> str:
+    """The command that runs `cfg` again: every parameter that differs from its default, as typed (the training
+    options by their short names); the tracking URI included, a resume left out."""
+    def flags(model: BaseModel, skip: set[str]) -> list[str]:
+        out = []
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if name not in skip and value != info.get_default(call_default_factory=True):
+                out += [f"--{name}", shlex.quote(_flag_value(value))]
+        return out
+
+    args = [*flags(cfg, {"training", "resume"}), *flags(cfg.training, set())]
+    return " ".join([prog, *args])
 
 
 # --- the README's table ------------------------------------------------------------------------

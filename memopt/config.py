@@ -201,6 +201,9 @@ class CompareConfig(WithTraining):
                             "(made once, cached by what it depends on; 0: none, so model_name must be pretrained)")
     base_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="finetune with a preset: the base model's AdamW lr")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
+    register_model_name: str = Field(
+        "", description="a name in the MLflow model registry: the best method's model (lowest final validation "
+        "loss) becomes its newest version (unset: nothing registered)")
 
     @field_validator("methods")
     @classmethod
@@ -234,6 +237,19 @@ class CompareConfig(WithTraining):
             raise ValueError(f"got {outside[0]}; every seed must be an integer from 0 to {SEED_MAX} ({WHY_BOUND[SEED_MAX]})")
         check_given_once(seeds, why="; each seed runs once")
         return seeds
+
+    @field_validator("register_model_name")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        if value:
+            from mlflow.exceptions import MlflowException
+            from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, so the two cannot drift
+
+            try:
+                _validate_model_name(value)
+            except MlflowException as exc:
+                raise ValueError(f"got {value!r}; must be a name MLflow's registry accepts ({exc.message})") from None
+        return value
 
     @model_validator(mode="after")
     def _method_args_name_methods(self) -> "CompareConfig":

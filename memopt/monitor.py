@@ -19,9 +19,50 @@ import torch
 MIB = 1024 * 1024
 
 
+# What the peaks were before a reset (memopt/breakdown.py resets them to read one training step's own peak):
+# the process's peak is the larger of this and the current high-water mark.
+_peaks_before_reset = {"rss": 0, "cuda": 0}
+
+
+def rss_high_water_bytes() -> int:
+    """The kernel's high-water mark of this process's own resident set (VmHWM) since the last reset.
+
+    Read from /proc/self/status, not getrusage: Linux carries ru_maxrss across exec, so a training process
+    started by the flow (fork or vfork, then exec) would report at least the flow process's own peak, and a
+    thread that exits folds the high-water mark of before a reset back in."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # no procfs: the rusage figure, the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def peak_rss_bytes() -> int:
-    """The kernel's high-water mark of this process's resident set (VmHWM)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The high-water mark of this process's resident set over its whole life, resets included."""
+    return max(_peaks_before_reset["rss"], rss_high_water_bytes())
+
+
+def reset_peak_rss() -> bool:
+    """Start the kernel's high-water mark afresh from the current RSS (Linux: /proc/self/clear_refs), keeping the
+    process's peak so far for `peak_rss_bytes`. False where the kernel does not allow it."""
+    peak = peak_rss_bytes()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    _peaks_before_reset["rss"] = peak
+    return True
+
+
+def cuda_peak_allocated_bytes() -> int:
+    """torch's peak of allocated CUDA memory over the whole process."""
+    return max(_peaks_before_reset["cuda"], torch.cuda.max_memory_allocated())
+
+
+def reset_cuda_peak() -> None:
+    _peaks_before_reset["cuda"] = cuda_peak_allocated_bytes()
+    torch.cuda.reset_peak_memory_stats()
 
 
 def rss_bytes() -> int:
@@ -52,7 +93,7 @@ def read_memory(nvml_used: Callable[[], float] | None = None) -> dict[str, float
     if torch.cuda.is_available():
         values["cuda_allocated_mb"] = torch.cuda.memory_allocated() / MIB
         values["cuda_reserved_mb"] = torch.cuda.memory_reserved() / MIB
-        values["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MIB
+        values["cuda_peak_allocated_mb"] = cuda_peak_allocated_bytes() / MIB
         if nvml_used is not None:
             values["nvml_used_mb"] = nvml_used()
     return values

@@ -29,6 +29,7 @@ model as artifacts); their folders are runs/PARENT/METHOD/trial-lr{X}/ and runs/
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from memopt.config import CompareConfig
+from memopt.environment import environment
 from memopt.stats import spread
 from memopt.vocabulary import CONFIG_PARAM, EXPERIMENT, Metric as Key, Param as ParamName, Role, Tag
 
@@ -165,6 +167,8 @@ def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str
         reopen_run(client, client.get_run(parent))
     if prefect_flow_run_id:  # from the MLflow run to the Prefect flow run (task states, retries, logs)
         client.set_tag(parent, Tag.PREFECT_FLOW_RUN, prefect_flow_run_id)
+    # tags, not params: a resume may run on another version, and the report shows the latest
+    client.log_batch(parent, tags=[RunTag(Tag.ENVIRONMENT + k, v) for k, v in environment().items()])
     existing = client.get_run(parent).data.params
     params = {**cfg.as_params(), CONFIG_PARAM: cfg.to_json()}
     fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
@@ -272,12 +276,11 @@ def log_seed_summary(client: MlflowClient, method_run_id: str, runs: list["mlflo
     client.log_batch(method_run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if k not in logged])
 
 
-def log_transformers_model(client: MlflowClient, run_id: str, model_dir: str | Path, name: str) -> str:
+def log_model(client: MlflowClient, run_id: str, model_dir: str | Path, name: str = "model", step: int = 0) -> str:
     """The save_pretrained folder `model_dir` (model and tokenizer) as an MLflow model of the transformers
     flavour: a LoggedModel whose source is `run_id`, loadable with `mlflow.transformers.load_model(
-    "models:/ID")`. By run id, not through an active run (per thread in MLflow). Returns the model id."""
-    import logging
-
+    "models:/ID")` or, for the name "model", `runs:/RUN/model`. By run id, not through an active run (per thread
+    in MLflow). `step`: the run's step the model is the output of. Returns the model id."""
     import mlflow.transformers
     import torch
     import transformers
@@ -301,7 +304,7 @@ def log_transformers_model(client: MlflowClient, run_id: str, model_dir: str | P
     finally:
         flavour_log.setLevel(level)
     client.finalize_logged_model(logged.model_id, "READY")
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     return logged.model_id
 
 
@@ -356,3 +359,37 @@ def fail_mlflow_run(reason: str) -> None:
         fail_run(MlflowClient(os.environ.get("MLFLOW_TRACKING_URI")), run_id, f"bad input: {reason}")
     except Exception as exc:  # noqa: BLE001 (the store itself may be what is wrong; the error says so)
         print(f"note: could not end the run {run_id} that mlflow run created: {exc}", file=sys.stderr)
+
+
+# --- Links and models ---------------------------------------------------------------------------
+
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a sqlite store (README)
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: on the tracking server itself, or where `mlflow ui` serves a sqlite store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_model_id(client: MlflowClient, run_id: str) -> str | None:
+    """The id of the model the run logged last (None if it logged none)."""
+    outputs = client.get_run(run_id).outputs
+    models = sorted(outputs.model_outputs, key=lambda m: m.step) if outputs else []
+    return models[-1].model_id if models else None
+
+
+def register_model(client: MlflowClient, name: str, run_id: str) -> "mlflow.entities.model_registry.ModelVersion":
+    """A new version of the registered model `name` (created if new) from the run's logged model."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = run_model_id(client, run_id)
+    if model_id is None:
+        raise ValueError(f"run {run_id} logged no model to register")
+    # the model's own storage as the source: a `models:/ID` source makes MLflow's sql registry look the model up
+    # in the process's global store, not this client's
+    source = client.get_logged_model(model_id).artifact_location
+    return client.create_model_version(name, source, run_id=run_id, model_id=model_id)

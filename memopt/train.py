@@ -25,11 +25,10 @@ import traceback
 from memopt import distributed
 from memopt.checkpoint import CheckpointError
 from memopt.config import TrainConfig
-from memopt.monitor import MIB, rss_bytes
 from memopt.stopping import Stopped, die_by, die_with_parent, raise_on_signals
 from memopt.tracking import RunLogger
 from memopt.trainer import NonFiniteLoss, Trainer
-from memopt.vocabulary import Metric, Tag
+from memopt.vocabulary import Tag
 
 EXIT_NONFINITE = 3  # retrying cannot help: the same seed gives the same NaN, the same damaged checkpoint
 NOT_RETRIABLE = (NonFiniteLoss, CheckpointError)
@@ -54,7 +53,6 @@ def _system_monitor(cfg: TrainConfig):
 def train(cfg: TrainConfig) -> None:
     world = distributed.setup()
     logger = RunLogger(cfg.tracking_uri, cfg.run_id) if world.is_main else _NoLogger()
-    rss_at_start = rss_bytes()
     system_monitor = _system_monitor(cfg) if cfg.training.system_metrics and world.is_main else None
     if system_monitor is not None:
         system_monitor.start()
@@ -62,7 +60,6 @@ def train(cfg: TrainConfig) -> None:
         trainer = Trainer(cfg, world, logger)
         trainer.log_params()
         trainer.fit()
-        logger.metrics({Metric.RSS_AT_START_MB: rss_at_start / MIB}, trainer.steps)
         trainer.finish()
     except Stopped:
         raise  # not a failure: the flow ends the run KILLED

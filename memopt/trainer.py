@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from memopt import checkpoint, distributed, optim
+from memopt import checkpoint, distributed, optim, tracking
+from memopt.breakdown import StepMemory
 from memopt.blocks import TokenizedData
 from memopt.config import TrainConfig
 from memopt.distributed import World
@@ -30,7 +31,7 @@ from memopt.loss import CausalLMLoss
 from memopt.memory import optimizer_state_bytes
 from memopt.methods import grad_accum_steps, recipe, run_hyperparameters
 from memopt.models import build_model
-from memopt.monitor import MIB, MemorySampler, peak_rss_bytes
+from memopt.monitor import MIB, MemorySampler, cuda_peak_allocated_bytes, peak_rss_bytes, rss_bytes
 from memopt.optim.reparam import merged_state_dict
 from memopt.options import DTYPES, BestTracker, clip_, warmup
 from memopt.vocabulary import Metric, Tag
@@ -81,6 +82,8 @@ class Trainer:
         self.micro_batches = self.opts.accumulation_steps * self.chunks
         self.global_batch = self.opts.global_batch_size
         self.steps = total_steps(self.opts.max_steps, self.opts.epochs, len(self.train_blocks), self.global_batch)
+        self.rss_before_model = rss_bytes()  # Python, the libraries and the data: the baseline of "training memory"
+        cuda_before_model = torch.cuda.memory_allocated() if world.device.type == "cuda" else 0
         self.model = self._build_model()
         self.hp = {
             **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches, self.opts.seed),
@@ -96,7 +99,14 @@ class Trainer:
         )
         self.amp, self.scaler = autocast_context(world.device, self.recipe.mixed_precision)
         self.best = BestTracker(self.opts.metric_for_best_model)
+        plain = not (self.recipe.mixed_precision or self.recipe.gradient_checkpointing)  # the activation formula's case
+        self.memory = StepMemory(
+            self.model, self.optimizer, world.device, cuda_before_model or self.rss_before_model,
+            lambda: optim.expected_state_bytes(self.recipe.optimizer, self.model, **self.hp),
+            (self.opts.batch_size // self.chunks, self.train_blocks.shape[1]) if plain else None,
+        )
         self.step = 0
+        self.train_seconds = 0.0  # the training steps' own time so far (no evaluation, no checkpoints)
         self.sampler: MemorySampler | None = None
         self._step_times: list[float] = []  # this process's first steps, for the run's length (_say_if_long)
         self._resume()
@@ -119,6 +129,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
             "best": self.best.state_dict(),
+            "train_seconds": self.train_seconds,
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -132,6 +143,7 @@ class Trainer:
         self.best.load_state_dict(state["best"])
         checkpoint.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in checkpoints of older versions
 
     def _resume(self) -> None:
         """From the newest checkpoint that reads whole (checkpoint.resume); a run is never started again from step 0
@@ -187,6 +199,8 @@ class Trainer:
         with MemorySampler(self.opts.memory_interval_s, on_sample) if self.world.is_main else contextlib.nullcontext() as sampler:
             self.sampler = sampler
             first = self.step + 1  # the state's size is logged at the first step this process runs, a resume's too
+            # the breakdown: step 2, once the state exists and past BlockLLM's one-off first selection
+            self.memory.at_step = max(first, min(2, self.steps))
             if self.step == 0 and self.cfg.evaluate_at_start:
                 self.evaluate()
             bar = tqdm(range(self.step, self.steps), desc=self.cfg.method, initial=self.step, total=self.steps,
@@ -222,17 +236,20 @@ class Trainer:
         if self.sampler is not None:
             self.sampler.step = self.step + 1
         t0 = time.perf_counter()
-        loss = self._forward_backward()
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"train_loss became {loss.item()} at step {self.step + 1}")
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        with_grad = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad]) if with_grad else torch.zeros(())
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.scaler is None or torch.isfinite(norm):  # GradScaler skips inf/NaN steps
-            clip_(with_grad, self.opts.grad_clip, norm)
-            self.optimizer.step(lambda: loss)
+        with self.memory.measuring(self.step + 1):
+            loss = self._forward_backward()
+            self.memory.boundary("backward")
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"train_loss became {loss.item()} at step {self.step + 1}")
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            with_grad = [p for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad]) if with_grad else torch.zeros(())
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.scaler is None or torch.isfinite(norm):  # GradScaler skips inf/NaN steps
+                clip_(with_grad, self.opts.grad_clip, norm)
+                self.optimizer.step(lambda: loss)
+            self.memory.boundary("optimizer_step")
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -241,14 +258,18 @@ class Trainer:
         if len(self._step_times) <= TIMED_STEPS:
             self._step_times.append(step_time)
         self.step += 1
+        self.train_seconds += step_time
+        breakdown = self.memory.take()
         self.log.metrics({
             Metric.TRAIN_LOSS: loss.item(),
             Metric.LR: lr,
             # no gradients left to measure when the update ran inside backward (layer-wise)
             **({Metric.GRAD_NORM: norm.item()} if with_grad else {}),
             Metric.STEP_TIME_S: step_time,
-            Metric.TOKENS_PER_S: self.global_batch * self.train_blocks.shape[1] / step_time,
+            # the run so far: every token trained ÷ the training steps' time (the report's Tokens/s is the last one)
+            Metric.TOKENS_PER_S: self.step * self.global_batch * self.train_blocks.shape[1] / self.train_seconds,
             Metric.EPOCH: (self.step - 1) * self.global_batch / len(self.train_blocks),
+            **(breakdown.metrics() if breakdown is not None else {}),
         }, self.step)
         return loss.item()
 
@@ -264,6 +285,7 @@ class Trainer:
                 with distributed.no_sync(self.forward, skip=(a, c) != (accum - 1, self.chunks - 1)):
                     with self.amp:
                         loss = self.forward(micro) / self.micro_batches
+                    self.memory.boundary("forward")
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += loss.detach().float()
         return distributed.mean(loss_sum, world)  # every rank sees (and stops on) the same loss
@@ -288,8 +310,9 @@ class Trainer:
         cuda = self.world.device.type == "cuda"
         self.log.metrics({
             Metric.PEAK_RSS_MB: peak_rss_bytes() / MIB,
+            Metric.RSS_AT_START_MB: self.rss_before_model / MIB,
             Metric.EXPECTED_STATE_BYTES: optim.expected_state_bytes(self.recipe.optimizer, self.model, **self.hp),
-            **({Metric.CUDA_PEAK_ALLOCATED_MB: torch.cuda.max_memory_allocated() / MIB} if cuda else {}),
+            **({Metric.CUDA_PEAK_ALLOCATED_MB: cuda_peak_allocated_bytes() / MIB} if cuda else {}),
             **({Metric.BEST_STEP: self.best.step, f"best_{self.best.metric}": self.best.value} if self.best.step is not None else {}),
         }, self.steps)
         if not self.world.is_main:
@@ -301,7 +324,8 @@ class Trainer:
         else:
             self.export(final)
         self.log.flush()
-        self.log.client.log_artifacts(self.cfg.run_id, str(final), "model")
+        if tracking.run_model_id(self.log.client, self.cfg.run_id) is None:  # a resume after the end: logged already
+            tracking.log_model(self.log.client, self.cfg.run_id, final, step=self.steps)
 
     def export(self, folder: Path) -> None:
         """save_pretrained into a temporary folder renamed into place: a kill leaves the previous export whole."""

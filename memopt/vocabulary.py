@@ -39,6 +39,7 @@ class Tag(StrEnum):
     BASE_MODEL = "memopt.base_model"  # on the parent: the folder of the base model its methods fine-tuned
     BASE_MODEL_ID = "memopt.base_model_id"  # on the parent: that base model's MLflow LoggedModel id
     BASE_KEY = "memopt.base_key"  # on a base run: the digest of what the base model depends on
+    ENVIRONMENT = "memopt.env."  # prefix: the comparison's environment (memopt/environment.py), one tag per fact
 
     @staticmethod
     def param_digest(rank: int) -> str:
@@ -71,6 +72,11 @@ class Metric(StrEnum):
     PERPLEXITY = "perplexity"
     ANSWER_ACCURACY = "answer_accuracy"
 
+    # the memory breakdown of one training step (memopt/breakdown.py), at that step
+    STEP_PEAK_MB = "memory/step_peak_mb"  # the step's own peak: RSS on CPU, allocated on CUDA
+    RUNTIME_MB = "memory/runtime_mb"  # RSS before the model was built (CPU; 0 on CUDA: no tensor of ours)
+    REST_MB = "memory/rest_mb"  # the step's peak minus the runtime and every part
+
     @staticmethod
     def peak_rss_mb_rank(rank: int) -> str:
         return f"peak_rss_mb_rank{rank}"
@@ -80,15 +86,36 @@ class Metric(StrEnum):
         """On a method's run: `statistic` (std, min, max) of `key` over its seed runs; the mean is `key` itself."""
         return f"{key}_{statistic}"
 
+    @staticmethod
+    def memory_part(part: str, estimate: bool = False) -> str:
+        """A part of the breakdown (MemoryPart), measured or by its formula."""
+        return f"memory/{part}_{'estimate_' if estimate else ''}mb"
+
+    @staticmethod
+    def memory_at(phase: str, reading: str) -> str:
+        """A reading (rss, cuda_allocated) at a phase boundary of the measured step (memopt.breakdown.PHASES)."""
+        return f"memory/{reading}_at_{phase}_mb"
+
+
+class MemoryPart(StrEnum):
+    """The parts of a training step's memory, in the order they stack."""
+
+    WEIGHTS = "weights"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
+
 
 class Param(StrEnum):
     """Params of a child run that the flow and the report read back."""
 
     TOTAL_STEPS = "total_steps"
+    LR = "hp.lr"  # the learning rate the optimizer was built with (the method's own or the comparison's)
+    DEVICE = "device"
+    GRADIENT_CHECKPOINTING = "gradient_checkpointing"
     GLOBAL_BATCH_SIZE = "global_batch_size"
     SEQ_LEN = "seq_len"
     STEPS_PER_EPOCH = "steps_per_epoch"
-    LR = "lr"  # a training run's own learning rate (None: the method's default)
     SEED = "seed"
     # on a method's run
     LR_GRID = "lr_grid"  # the learning rates its sweep tried, comma-separated

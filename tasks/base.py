@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from memopt.config import CompareConfig, TrainConfig, TrainingOptions
 from memopt.data import dataset_identity
-from memopt.tracking import fail_run, log_transformers_model, nested_run, reopen_run
+from memopt.tracking import fail_run, log_model, nested_run, reopen_run
 from memopt.vocabulary import Role, Tag
 from tasks.data import tokenize
 from tasks.train import TrainingFailed, train
@@ -102,7 +102,7 @@ def base_model(spec: BaseSpec, training: TrainingOptions, output_dir: str, paren
     except TrainingFailed as exc:
         fail_run(client, run_id, exc.reason)
         raise
-    model_id = log_transformers_model(client, run_id, final, name="base-model")
+    model_id = log_model(client, run_id, final, name="base-model")
     _publish(Path(final), folder, {"run_id": run_id, "model_id": model_id, "spec": spec.model_dump()})
     client.set_terminated(run_id, "FINISHED")
     return str(folder)

@@ -3,25 +3,54 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
+import pandas as pd
 from mlflow import MlflowClient
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from memopt.report import LOSS_PLOT, MEMORY_PLOT, TABLE, write_report
+from memopt.report import TABLE, Report, write_report
+from memopt.tracking import register_model, run_url
+
+RESULTS_TABLE = "comparison_results.json"  # one name in every parent run: MLflow compares it across comparisons
+
+
+def log_results_table(client: MlflowClient, run_id: str, report: Report) -> None:
+    """The rows through MLflow's `log_table`, once; a resumed comparison's report replaces them (log_table itself
+    would append a second set), written the way log_table writes them."""
+    rows = pd.DataFrame(report.records())
+    if not any(a.path == RESULTS_TABLE for a in client.list_artifacts(run_id)):
+        client.log_table(run_id, data=rows, artifact_file=RESULTS_TABLE)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / RESULTS_TABLE
+        rows.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
 
 
 @task(name="compare")
-def compare(tracking_uri: str, parent_run_id: str, output_dir: str) -> str:
-    """Writes the report for this comparison under output_dir/runs/PARENT/report and copies it to output_dir."""
+def compare(tracking_uri: str, parent_run_id: str, output_dir: str, register_model_name: str = "") -> str:
+    """Writes the report for this comparison under output_dir/runs/PARENT/report and copies it to output_dir;
+    registers the best method's model under `register_model_name` when one is given."""
     out = Path(output_dir)
     own = out / "runs" / parent_run_id / "report"  # per comparison: two at once never cross
-    table, _ = write_report(tracking_uri, parent_run_id, own)
-    MlflowClient(tracking_uri).log_artifacts(parent_run_id, str(own), "report")
-    for name in (TABLE, LOSS_PLOT, MEMORY_PLOT):  # the latest report at the documented place, replaced atomically
-        tmp = out / f".{name}.{parent_run_id}"
-        shutil.copyfile(own / name, tmp)
-        os.replace(tmp, out / name)
-    create_markdown_artifact(table.read_text(), key="optimizer-comparison", description=f"MLflow parent run {parent_run_id}")
+    client = MlflowClient(tracking_uri)
+    url = run_url(tracking_uri, client.get_run(parent_run_id).info.experiment_id, parent_run_id)
+    report = write_report(tracking_uri, parent_run_id, own, run_link=f"[{parent_run_id}]({url})")
+    client.log_artifacts(parent_run_id, str(own), "report")
+    log_results_table(client, parent_run_id, report)
+    for path in report.files:  # the latest report at the documented place, each file replaced atomically
+        tmp = out / f".{path.name}.{parent_run_id}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, out / path.name)
+    description = f"MLflow parent run {parent_run_id}: {url}"
+    create_markdown_artifact(report.table.read_text(), key="optimizer-comparison", description=description)
+    create_table_artifact(report.records(), key="optimizer-comparison-table", description=description)
+    create_link_artifact(url, link_text=f"MLflow parent run {parent_run_id}", key="mlflow-parent-run")
+    best = report.best()
+    if register_model_name and best is not None:
+        version = register_model(client, register_model_name, best.trained_run_id)
+        get_run_logger().info("registered %s's model as %s version %s", best.method, register_model_name, version.version)
     return str(out / TABLE)

@@ -8,6 +8,7 @@ comparison back from MLflow and the output folder.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -18,18 +19,22 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from tests.flowtools import cli_environment, history, kill_group, report_rows, start_flow, wait_for
 from flows.compare import ComparisonIncomplete, compare_optimizers, main
 from memopt.config import CompareConfig
-from memopt.report import LOSS_PLOT, MEMORY_PLOT, TABLE
+from memopt.report import HTML, LOSS_PLOT, LR_PLOT, MEMORY_PLOT, TABLE, write_report
+from memopt.report.report_test import PageParser
 from memopt.sweep import grid_edge
 from memopt.tracking import child_runs, nested_runs, seed_runs, throughput, trial_runs
-from memopt.vocabulary import Role, Tag
+from memopt.vocabulary import MemoryPart, Metric, Role, Tag
+from tasks.report import RESULTS_TABLE
 
 MICRO = {"model_name": "llama-micro", "batch_size": 4, "seq_len": 32, "eval_every": 3, "checkpoint_every": 3}
+REGISTERED = "memopt-best"
 STEPS, SWEEP_STEPS, BASE_STEPS, SEEDS = 6, 4, 4, [0, 1]
 GRIDS = {"adamw": [1e-3, 3e-3, 1e-2], "blockllm": [1e-3, 1e-2]}
 FAIR = ["--model_name", "llama-micro", "--batch_size", "4", "--seq_len", "32", "--eval_every", "3",
@@ -80,6 +85,25 @@ def fair(prefect_server, tmp_path_factory):
                         stdout=resume_log.open("w"), stderr=subprocess.STDOUT, timeout=1800).returncode
     return SimpleNamespace(tmp=tmp, uri=uri, out=out, client=client, parent=parent, rc=rc, log=resume_log, env=env,
                            trials_before=before, trial_dirs=dirs, config_mtimes=config_mtimes)
+
+
+@pytest.fixture(scope="module")
+def finished_comparison(prefect_server, tmp_path_factory):
+    """The report's comparison: the default run's methods in the pretrain regime without a sweep (one seed run
+    under each method's run), the best model registered; shared by the report's assertions below."""
+    tmp = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    statuses = compare_optimizers(CompareConfig(
+        methods=["adamw", "galore", "blockllm"], max_steps=6, output_dir=str(tmp / "results"), tracking_uri=uri,
+        register_model_name=REGISTERED, regime="pretrain", sweep_steps=0, **MICRO
+    ))
+    assert statuses == {"adamw": "FINISHED", "galore": "FINISHED", "blockllm": "FINISHED"}
+    return statuses, MlflowClient(uri), tmp
+
+
+def trained_runs(client: MlflowClient, parent_run_id: str) -> dict:
+    """{method: its (one) seed run}: the training process's own run, with its histories and its model."""
+    return {method: seed_runs(client, run.info.run_id)[0] for method, run in child_runs(client, parent_run_id).items()}
 
 
 def test_every_method_finishes_with_its_trials_and_seeds_nested_under_it(fair):
@@ -219,6 +243,151 @@ def test_the_report_gives_the_sweep_and_the_seeds(fair):
     assert client.get_run(fair.parent).inputs.dataset_inputs, "the tokenized dataset is an input of the parent run"
 
 
+def test_every_method_model_loads_through_mlflow_and_generates(finished_comparison):
+    import mlflow.transformers
+
+    _, client, tmp = finished_comparison
+    [parent] = parent_runs(client)
+    mlflow.set_tracking_uri(str(client.tracking_uri))
+    for method, run in trained_runs(client, parent.info.run_id).items():
+        generate = mlflow.transformers.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp / "loaded" / method))
+        prompt = "Problem: 1 + 1 ="
+        [out] = generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        assert out["generated_text"].startswith(prompt) and len(out["generated_text"]) > len(prompt), (method, out)
+        # the logged model belongs to its run and knows the dataset its final loss was measured on
+        [output] = client.get_run(run.info.run_id).outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == run.info.run_id
+        [final] = [m for m in model.metrics if m.key == "final_val_loss"]
+        assert final.dataset_digest and "validation" in final.dataset_name
+        assert client.get_run(run.info.run_id).inputs.dataset_inputs, "the training run names its datasets"
+
+
+def test_the_best_method_model_is_registered_under_the_given_name(finished_comparison, tmp_path):
+    _, client, _ = finished_comparison
+    [parent] = parent_runs(client)
+    children = child_runs(client, parent.info.run_id)
+    best = min(children, key=lambda m: children[m].data.metrics["final_val_loss"])
+    trained = trained_runs(client, parent.info.run_id)[best]
+    [version] = client.search_model_versions(f"name = '{REGISTERED}'")
+    assert version.run_id == trained.info.run_id, "the best method's model: its first seed run's"
+    [output] = client.get_run(trained.info.run_id).outputs.model_outputs
+    assert version.source == client.get_logged_model(output.model_id).artifact_location
+    import mlflow.transformers
+
+    mlflow.set_tracking_uri(str(client.tracking_uri))
+    generate = mlflow.transformers.load_model(f"models:/{REGISTERED}/1", dst_path=str(tmp_path))
+    assert generate("Problem:", max_new_tokens=4, min_new_tokens=4, do_sample=False)[0]["generated_text"]
+
+
+def test_memory_breakdown_is_logged_beside_each_formula(finished_comparison):
+    _, client, _ = finished_comparison
+    [parent] = parent_runs(client)
+    for method, run in trained_runs(client, parent.info.run_id).items():
+        metrics = run.data.metrics
+        [measured_at] = client.get_metric_history(run.info.run_id, Metric.STEP_PEAK_MB)
+        assert measured_at.step == 2, method
+        for part in (MemoryPart.WEIGHTS, MemoryPart.GRADIENTS, MemoryPart.OPTIMIZER_STATE):
+            assert metrics[Metric.memory_part(part)] == pytest.approx(metrics[Metric.memory_part(part, estimate=True)],
+                                                                       rel=0.01), (method, part)
+        assert metrics[Metric.memory_part(MemoryPart.ACTIVATIONS)] > 0
+        if method != "blockllm":  # frozen tensors: no activation formula
+            assert metrics[Metric.memory_part(MemoryPart.ACTIVATIONS)] == metrics[
+                Metric.memory_part(MemoryPart.ACTIVATIONS, estimate=True)]
+        parts = sum(metrics[Metric.memory_part(p)] for p in MemoryPart)
+        assert metrics[Metric.STEP_PEAK_MB] == pytest.approx(metrics[Metric.RUNTIME_MB] + parts + metrics[Metric.REST_MB])
+        assert metrics[Metric.STEP_PEAK_MB] <= metrics["peak_rss_mb"] + 0.01
+
+
+def test_the_reports_numbers_agree_with_the_runs(finished_comparison):
+    """One Tokens/s, the lr that was used, a peak no lower than any sample (issue 16's disagreements)."""
+    _, client, tmp = finished_comparison
+    [parent] = parent_runs(client)
+    table = (tmp / "results" / TABLE).read_text()
+    first = table[table.index("\n| "):].strip().split("\n\n")[0]
+    header, _, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in first.splitlines()]
+    rows = {row[0]: dict(zip(header, row)) for row in rows}
+    for method, run in trained_runs(client, parent.info.run_id).items():
+        run_id, row = run.info.run_id, rows[method]
+        step_times = [m.value for m in client.get_metric_history(run_id, "step_time_s")]
+        tokens = 6 * 4 * 32
+        assert run.data.metrics["tokens_per_s"] == pytest.approx(tokens / sum(step_times))
+        assert row["Tokens/s"] == f"{run.data.metrics['tokens_per_s']:.0f}"
+        assert float(row["LR"]) == pytest.approx(float(run.data.params["hp.lr"]), rel=1e-3)
+        assert row["Epoch Time (s)"].endswith("(estimate)"), "6 steps are less than an epoch"
+        samples = [m.value for m in client.get_metric_history(run_id, "memory_rss_mb")]
+        peak = run.data.metrics["peak_rss_mb"]
+        assert max(samples) * 0.99 <= peak and row["Peak Memory (MB)"] == f"{peak:.0f}"
+        # the process's own peak: not the flow process's, which started it (ru_maxrss would carry that over)
+        assert peak < max(samples) + 100, (method, peak, max(samples))
+    assert "Answer Accuracy" not in header and "is 0 for every method here" in table
+
+
+def test_report_lists_every_method_and_is_logged_to_the_parent(finished_comparison):
+    _, client, tmp = finished_comparison
+    [parent] = parent_runs(client)
+    table = (tmp / "results" / TABLE).read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "FINISHED" in line]
+    assert sorted(row.split("|")[1].strip() for row in rows) == ["adamw", "blockllm", "galore"]
+    assert (tmp / "results" / LOSS_PLOT).stat().st_size > 1000
+    assert (tmp / "results" / MEMORY_PLOT).stat().st_size > 1000
+    logged = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {TABLE, HTML, LOSS_PLOT, MEMORY_PLOT} <= logged
+    pngs = sorted(p.name for p in (tmp / "results").glob("*.png"))
+    assert set(pngs) <= logged and len(pngs) >= 5
+    inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs
+    assert inputs, "the tokenized dataset is logged as an input of the parent run"
+    mlflow.set_tracking_uri(str(client.tracking_uri))  # load_table searches the runs through the fluent API's store
+    results = client.load_table(parent.info.experiment_id, RESULTS_TABLE, run_ids=[parent.info.run_id])
+    assert sorted(results["method"]) == ["adamw", "blockllm", "galore"]
+
+
+def test_html_report_has_every_method_every_plot_inside_and_no_url(finished_comparison):
+    _, client, tmp = finished_comparison
+    page = (tmp / "results" / HTML).read_text()
+    parser = PageParser()
+    parser.feed(page)
+    assert {"adamw", "galore", "blockllm"} <= set(parser.cells)
+    pngs = sorted((tmp / "results").glob("*.png"))
+    embedded = {src.removeprefix("data:image/png;base64,") for src in parser.images}
+    assert embedded == {base64.b64encode(p.read_bytes()).decode() for p in pngs}, "every plot, each inside the page"
+    assert parser.urls == [] and "http://" not in page and "https://" not in page
+
+
+def test_sweep_and_seed_plots_are_drawn_only_when_given_data(finished_comparison, tmp_path):
+    """The lr-sensitivity plot and the Pareto error bars take plain numbers (issue 12's sweep and seeds feed
+    them): absent from the default report, present when data is given."""
+    _, client, tmp = finished_comparison
+    [parent] = parent_runs(client)
+    assert not (tmp / "results" / LR_PLOT).exists()
+    report = write_report(str(client.tracking_uri), parent.info.run_id, tmp_path,
+                          lr_trials={"adamw": [(1e-3, 6.6), (3e-3, 6.4)], "galore": [(1e-2, 5.7), (3e-2, None)]},
+                          seed_losses={"adamw": [6.5, 6.52, 6.49]}, seed_peaks={"adamw": [700.0, 710.0, 705.0]})
+    assert tmp_path / LR_PLOT in report.files
+    parser = PageParser()
+    parser.feed((tmp_path / HTML).read_text())
+    assert len(parser.images) == len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_prefect_artifacts_hold_the_table_and_link_to_the_parent_run(finished_comparison):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, client, _ = finished_comparison
+    [parent] = parent_runs(client)
+    flow_run = parent.data.tags["memopt.prefect_flow_run_id"]
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run])))
+    by_key = {a.key: a for a in artifacts}
+    url = f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    assert by_key["mlflow-parent-run"].data.endswith(f"{url})"), "a link: [text](url)"
+    assert f"{url})" in by_key["optimizer-comparison"].data, "the Markdown artifact links to the parent run"
+    table = by_key["optimizer-comparison-table"]
+    assert table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert sorted(row["method"] for row in rows) == ["adamw", "blockllm", "galore"]
+
+
 def test_a_diverging_method_fails_alone_and_a_later_comparison_reuses_the_base_model(fair, prefect_server, tmp_path):
     """Same base spec and output folder as the fixture's, another store: the base model is not trained again,
     only logged into this store; galore at lr 1e6 (given, so not swept) fails alone."""
@@ -343,3 +512,24 @@ def test_bad_input_is_one_clear_error_and_nothing_starts(args, message, tmp_path
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err and "usage:" not in err, err
     assert set(tmp_path.iterdir()) == before, "no store, no results folder, nothing else"
+
+
+def test_a_rewritten_report_replaces_the_results_table_rather_than_appending(tracking_uri):
+    """A resumed comparison writes its report again: MLflow's log_table alone would append a second set of rows."""
+    from memopt.report import Report
+    from memopt.report.gather import Comparison, MethodResult
+    from tasks.report import log_results_table
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("t")).info.run_id
+
+    def report(*statuses: str) -> Report:
+        results = [MethodResult(m, s, "") for m, s in zip(("adamw", "galore"), statuses)]
+        return Report(Comparison(run, "1", tracking_uri, 0, {}, {}, results), None, [])
+
+    log_results_table(client, run, report("FINISHED", "FAILED"))
+    log_results_table(client, run, report("FINISHED", "FINISHED"))
+    mlflow.set_tracking_uri(tracking_uri)  # load_table searches the runs through the fluent API's store
+    table = client.load_table(client.get_run(run).info.experiment_id, RESULTS_TABLE, run_ids=[run])
+    assert list(table["method"]) == ["adamw", "galore"] and list(table["status"]) == ["FINISHED", "FINISHED"]
+    assert RESULTS_TABLE in client.get_run(run).data.tags["mlflow.loggedArtifacts"], "MLflow knows it as a table"

@@ -108,6 +108,21 @@ def test_flat_nested_and_command_line_forms_are_one_configuration():
     assert typed.training.batch_size == 4 and typed.training.max_steps == 3
 
 
+def test_the_reports_command_line_runs_the_same_configuration_again(tmp_path):
+    """The report's "reproduce" command: every parameter that differs from its default, as typed."""
+    import shlex
+
+    from memopt.cli import command_line
+
+    cfg = parse_args(["--methods", "adamw,galore", "--method_args", "galore.update_proj_gap=50,adamw.betas=(0.9,0.95)",
+                      "--tracking_uri", f"sqlite:///{tmp_path}/my store.db", "--system_metrics", "true",
+                      "--max_steps", "30", "--register_model_name", "best"])
+    line = command_line(cfg)
+    assert line.startswith("python -m flows.compare --methods adamw,galore ") and "--batch_size" not in line
+    assert parse_args(shlex.split(line)[3:]) == cfg
+    assert command_line(CompareConfig()) == "python -m flows.compare"
+
+
 def test_the_logged_configuration_reads_back_and_so_does_an_older_flat_one():
     cfg = parse_args(["--methods", "galore,adamw", "--method_args", "galore.betas=(0.9,0.95)", "--lr", "0.003"])
     back = CompareConfig.model_validate_json(cfg.to_json())

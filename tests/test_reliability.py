@@ -14,7 +14,6 @@ Two module fixtures carry most tests, to keep the time down:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -26,16 +25,18 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow.artifacts
 import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from safetensors.torch import load_file
 
 from tests.flowtools import (BIN, ROOT, children_by_method, cli_environment, history, kill_group, latest_step,
                              report_rows, seed_run, start_flow, training_pids, wait_for)
 from memopt import checkpoint
 from memopt.report import TABLE
-from memopt.tracking import child_runs
+from memopt.tracking import child_runs, run_model_id
 from memopt.vocabulary import Tag
 
 STEPS = 12
@@ -185,10 +186,13 @@ def test_two_comparisons_at_once_both_finish_whole(two_at_once):
         blockllm = seed_run(client, parent, "blockllm")
         for key in ("train_loss", "lr", "grad_norm"):
             assert sorted(history(client, blockllm.info.run_id, key)) == list(range(1, STEPS + 1)), key
-        # Each training run's model is its own: in its run's artifacts, and the very file its process wrote.
-        local = t.out / "runs" / parent / "blockllm" / "seed-0" / "final" / "model.safetensors"
-        logged = client.download_artifacts(blockllm.info.run_id, "model/model.safetensors", str(t.tmp / parent))
-        assert hashlib.sha256(Path(logged).read_bytes()).digest() == hashlib.sha256(local.read_bytes()).digest()
+        # Each training run's model is its own: its logged model holds the very weights its process wrote.
+        local = load_file(t.out / "runs" / parent / "blockllm" / "seed-0" / "final" / "model.safetensors")
+        model = client.get_logged_model(run_model_id(client, blockllm.info.run_id))
+        logged = load_file(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{model.artifact_location}/model/model.safetensors", dst_path=str(t.tmp / parent),
+            tracking_uri=t.uri))
+        assert logged.keys() == local.keys() and all(torch.equal(logged[k], local[k]) for k in local)
         assert blockllm.info.run_id in blockllm.info.artifact_uri
         # Each parent's report is its own: its methods, nobody else's.
         report = client.download_artifacts(parent, f"report/{TABLE}", str(t.tmp / parent))

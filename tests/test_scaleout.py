@@ -15,7 +15,7 @@ from memopt.blocks import TokenizedData, tokenize_dataset
 from memopt.config import CompareConfig, TrainConfig
 from memopt.data import DEFAULT_DATASET
 from memopt.models import build_model
-from memopt.tracking import child_run, open_parent_run
+from memopt.tracking import child_run, open_parent_run, run_model_id
 from memopt.train import train
 
 
@@ -303,7 +303,8 @@ def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, 
     assert child.info.status == "FINISHED"
     assert child.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     assert child.data.params["grad_accum_steps"] == "2" and "best_step" in child.data.metrics
-    assert {"model.safetensors", "config.json"} <= {Path(a.path).name for a in client.list_artifacts(child.info.run_id, "model")}
+    model_id = run_model_id(client, child.info.run_id)
+    assert {"model.safetensors", "config.json"} <= {Path(a.path).name for a in client.list_logged_model_artifacts(model_id, "model")}
     on_server = {p.name for p in artifacts.rglob("*") if p.is_file()}
     assert {"model.safetensors", "config.json"} <= on_server, "the server stored the model in its artifact folder"
 

@@ -1,5 +1,5 @@
 """Memory-efficient optimizers. Pure PyTorch: no MLflow, Prefect or transformers here."""
-from memopt.optim import adamw  # noqa: F401  (registers "adamw")
+from memopt.optim import adamw  # noqa: F401  (registers "adamw", "adamw-foreach")
 from memopt.optim import galore  # noqa: F401  (registers "galore")
 from memopt.optim import blockllm  # noqa: F401  (registers "blockllm")
 from memopt.optim import apollo  # noqa: F401  (registers "apollo", "apollo-mini")

@@ -1,8 +1,8 @@
-"""The baseline: torch's AdamW on its foreach path (on CPU torch otherwise takes its
-single-tensor loop, about twice as slow). `fused=True` takes torch's fused kernel
-instead: one pass over memory, about 6-10x faster per optimizer step on CPU with
-torch 2.13 (BENCHMARKS.md); the default stays the foreach path the project's
-targets are stated against."""
+"""The baseline: torch's AdamW on its fused kernel wherever torch has one (CPU and CUDA among
+them; memopt.optim.kernels), the yardstick for every ratio. One pass over memory per step: on
+this CPU several times faster than the foreach path (BENCHMARKS.md). `fused=False`, or the
+method `adamw-foreach`, takes the foreach path instead (the yardstick before issue 15; on CPU
+torch's default otherwise is its single-tensor loop, about twice as slow again)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,12 +12,13 @@ from torch import nn
 
 from memopt.optim.checks import check_bool
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import torch_adamw_kernel
 from memopt.optim.registry import MethodSpec, register
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdamWConfig(AdamConfig):
-    fused: bool = False
+    fused: bool = True  # torch's fused kernel where it has one for the params; False: foreach
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -28,14 +29,23 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.AdamW:
+def torch_adamw(params: list[nn.Parameter], config: AdamConfig, fused: bool = True) -> torch.optim.AdamW:
+    """torch.optim.AdamW with a config's Adam block, on the kernel `torch_adamw_kernel` picks."""
     c = config
-    return torch.optim.AdamW(trainable(model), lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
-                             foreach=not c.fused, fused=c.fused)
+    return torch.optim.AdamW(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
+                             **torch_adamw_kernel(params, fused))
 
 
-def adamw_state_bytes(model: nn.Module, config: AdamWConfig) -> int:
-    # exp_avg and exp_avg_sq per element, plus one fp32 step scalar per tensor.
+def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.AdamW:
+    return torch_adamw(trainable(model), config, fused=config.fused)
+
+
+def build_adamw_foreach(model: nn.Module, config: AdamConfig) -> torch.optim.AdamW:
+    return torch_adamw(trainable(model), config, fused=False)
+
+
+def adamw_state_bytes(model: nn.Module, config: AdamConfig) -> int:
+    # exp_avg and exp_avg_sq per element, plus one fp32 step scalar per tensor (either kernel).
     params = trainable(model)
     return sum(2 * p.numel() * p.element_size() for p in params) + 4 * len(params)
 
@@ -46,7 +56,17 @@ ADAMW = register(
         config=AdamWConfig,
         builder=build_adamw,
         state_bytes=adamw_state_bytes,
-        summary="torch.optim.AdamW (foreach): the yardstick for every ratio",
+        summary="torch.optim.AdamW on torch's fused kernel: the yardstick for every ratio",
+        paper="arXiv 1711.05101",
+    )
+)
+ADAMW_FOREACH = register(
+    MethodSpec(
+        name="adamw-foreach",
+        config=AdamConfig,
+        builder=build_adamw_foreach,
+        state_bytes=adamw_state_bytes,
+        summary="torch.optim.AdamW on its foreach path (the same formula as adamw, several times slower per step on CPU)",
         paper="arXiv 1711.05101",
     )
 )

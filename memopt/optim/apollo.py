@@ -32,6 +32,7 @@ from torch import nn
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.checks import check, check_adam_args, check_bool, check_choice, check_int, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import adam_, adam_directions, transformers_step_size
 from memopt.optim.targets import split_params
 
 _SEED_ADVANCE = 15
@@ -124,43 +125,28 @@ class APOLLO(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state.setdefault("step", 0)
-                if "rank" in group:
-                    self._apollo_update(p, state, group)
-                else:
-                    self._adam_update(p, p.grad, state, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [self._projected_grad(p, group) if "rank" in group else p.grad for p in params]
+            states = [self.state[p] for p in params]
+            for state, grad in zip(states, grads):
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(grad)
+                    state["exp_avg_sq"] = torch.zeros_like(grad)
+                state["step"] = state.get("step", 0) + 1
+            moments = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
+            if "rank" in group:
+                directions = adam_directions(grads, *moments, betas=group["betas"], eps=group["eps"])
+                for p, low, direction, state in zip(params, grads, directions, states):
+                    self._apollo_update(p, low, direction, state, group)
+            else:  # HF AdamW's form
+                adam_(params, grads, *moments, lr=group["lr"], betas=group["betas"], eps=group["eps"], transformers_eps=True)
+            if group["weight_decay"] > 0.0:
+                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])  # after the update
         return loss
-
-    @staticmethod
-    def _moments(p, grad, state, group) -> torch.Tensor:
-        """Update the moments with `grad`, return the (un-bias-corrected) Adam direction."""
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(grad)
-            state["exp_avg_sq"] = torch.zeros_like(grad)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        return state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"])
-
-    @staticmethod
-    def _apply(p, direction, state, group) -> None:
-        beta1, beta2 = group["betas"]
-        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-        p.add_(direction, alpha=-step_size)
-        if group["weight_decay"] > 0.0:
-            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
-
-    def _adam_update(self, p, grad, state, group) -> None:
-        self._apply(p, self._moments(p, grad, state, group), state, group)
 
     def _projector(self, p, state, group) -> torch.Tensor:
         shape, rank, regen = tuple(p.shape), group["rank"], group["regenerate_projector"]
-        if state["step"] % group["update_proj_gap"] == 0 or ("proj" not in state and "proj_seed" not in state):
+        if state.get("step", 0) % group["update_proj_gap"] == 0 or ("proj" not in state and "proj_seed" not in state):
             state["proj_seed"] = state["seed"]
             state["seed"] = next_seed(state["seed"])
             if not regen:
@@ -170,34 +156,36 @@ class APOLLO(torch.optim.Optimizer):
             return projector(shape, rank, state["proj_seed"], p.grad.dtype, p.device)
         return state["proj"]
 
-    def _apollo_update(self, p, state, group) -> None:
+    def _projected_grad(self, p, group) -> torch.Tensor:
+        proj = self._projector(p, self.state[p], group)
+        m, n = p.grad.shape
+        return p.grad @ proj.t() if m >= n else proj.t() @ p.grad
+
+    def _apollo_update(self, p, low, direction, state, group) -> None:
+        """W -= step_size * sqrt(scale) * phi * G / limiter, phi = ||N|| / (||R|| + 1e-8), in one pass over W
+        (N: the Adam direction in the projected space); ||phi * G|| comes from the channel norms of G, so the
+        scaled gradient is never formed."""
         grad = p.grad
         m, n = grad.shape
-        proj = self._projector(p, state, group)
-        low = grad @ proj.t() if m >= n else proj.t() @ grad
-        direction = self._moments(p, low, state, group)
         if group["scale_type"] == "channel":
             dim = 1 if m >= n else 0  # reduce over the rank axis: one factor per row (m ≥ n) or column
             factor = direction.norm(dim=dim) / (low.norm(dim=dim) + 1e-8)
-            if dim == 1:
-                factor = factor.unsqueeze(1)
+            norm = (factor.square() * torch.linalg.vector_norm(grad, dim=dim).square()).sum().sqrt()
+            factor = factor.unsqueeze(1) if dim == 1 else factor
         else:
             factor = direction.norm() / (low.norm() + 1e-8)
-        update = grad * factor
+            norm = factor * grad.norm()
         root_scale = math.sqrt(group["scale"])
-        if group["scale_front"]:
-            update = update * root_scale
+        coefficient = factor * (-transformers_step_size(group["lr"], group["betas"], state["step"]) * root_scale)
         if not group["disable_nl"]:
-            norm = update.norm()
+            norm = norm * root_scale if group["scale_front"] else norm
             if "scaled_grad" in state:
-                limiter = max(norm / (state["scaled_grad"] + 1e-8), 1.01) / 1.01
-                update = update / limiter
+                limiter = torch.clamp(norm / (state["scaled_grad"] + 1e-8), min=1.01) / 1.01
+                coefficient = coefficient / limiter
                 state["scaled_grad"] = norm / limiter
             else:
                 state["scaled_grad"] = norm
-        if not group["scale_front"]:
-            update = update * root_scale
-        self._apply(p, update, state, group)
+        p.addcmul_(grad, coefficient if coefficient.dim() else coefficient.reshape(1, 1))
 
 
 # ---- registry ----

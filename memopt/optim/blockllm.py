@@ -19,7 +19,7 @@ either in the closure or, as in memopt.train, before `step`):
    switched off and the gradient dropped. A probe is never updated, has no Adam state.
 3. First selection (see below), if still pending.
 4. ‖g‖ of every tensor that has a gradient is recorded (last known norm per tensor).
-5. AdamW (torch's formula, decoupled weight decay, foreach) on the selected tensors,
+5. AdamW (torch's formula, decoupled weight decay, torch's fused kernel) on the selected tensors,
    lr/betas/eps/weight_decay read from `param_groups[0]`, so an outer LR scheduler
    reaches the update. There is always exactly one param group.
 6. The loss is appended to the loss history (cleared at every selection).
@@ -75,7 +75,6 @@ fresh model it gives the full-budget bound).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -84,6 +83,7 @@ from torch import nn
 
 from memopt.optim.checks import check, check_adam_args, check_int, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import adam_
 from memopt.optim.registry import MethodSpec, register
 
 FROZEN_PATTERNS = ("embed", "lm_head")
@@ -281,7 +281,7 @@ class BlockLLM(torch.optim.Optimizer):
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        params, grads, exp_avgs, exp_avg_sqs, step_sizes, bc2_roots = [], [], [], [], [], []
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         for i in indices:
             p = self._params[i]
             if p.grad is None:
@@ -292,24 +292,12 @@ class BlockLLM(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
-            t = state["step"]
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
-            step_sizes.append(-lr / (1.0 - beta1**t))
-            bc2_roots.append(math.sqrt(1.0 - beta2**t))
-        if not params:
-            return
-        if wd > 0:
-            torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, bc2_roots)
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+            steps.append(state["step"])
+        adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=wd)
 
     # --- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

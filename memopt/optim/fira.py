@@ -73,25 +73,31 @@ class FiraAdamW(GaLoreAdamW):
 
     def _update_projected(self, p: torch.Tensor, state: dict[str, Any], side: str, direction: torch.Tensor,
                           low_grad: torch.Tensor, alpha: float, group: dict[str, Any]) -> None:
+        # The authors' W += alpha*scale*PB(N) + alpha*phi*S/f (PB: project_back, N the direction, S the residual,
+        # f the limiter's divisor) without forming S: with c = alpha/f, S = G - s*PB(R) and s = scale (or 1 for
+        # exact_residual), the low-rank parts join in one GEMM, W += PB(alpha*scale*N - c*s*phi*R), and
+        # W += c*phi*G is one pass; ||phi*S|| comes from the channel norms (below).
         scale = group["scale"]
-        back = self._project_back(low_grad, state, side)
-        residual = p.grad - (back if group["exact_residual"] else back.mul_(scale))
-        # reduce over the rank axis: one factor per row (right projector, R is m x r) or per column (left)
-        if side == "right":
-            phi = (direction.norm(dim=1) / (low_grad.norm(dim=1) + 1e-8)).unsqueeze(1)
-        else:
-            phi = direction.norm(dim=0) / (low_grad.norm(dim=0) + 1e-8)
-        residual.mul_(phi)
-        norm = residual.norm()
+        s = 1.0 if group["exact_residual"] else scale
+        rank_axis = 1 if side == "right" else 0  # one factor per row (right projector, R is m x r) or per column
+        r_norms = low_grad.norm(dim=rank_axis)
+        phi = direction.norm(dim=rank_axis) / (r_norms + 1e-8)
+        # Per channel ||G - s*PB(R)||^2 = ||G||^2 - (2s - s^2)*||R||^2: <G, PB(R)> = ||R||^2 as R = P^T G, and
+        # ||PB(R)|| = ||R|| as the projector is orthonormal (an SVD's or a QR's factor).
+        g_norms = torch.linalg.vector_norm(p.grad, dim=rank_axis)
+        residual_sq = (g_norms.square() - (2.0 * s - s * s) * r_norms.square()).clamp_min_(0.0)
+        norm = (phi.square() * residual_sq).sum().sqrt()
         if "limiter_norm" in state:
             # factor >= 1: divide by it so the norm grows at most GROWTH_LIMIT-fold over the kept one
             factor = torch.clamp(norm / (state["limiter_norm"] + 1e-8), min=GROWTH_LIMIT) / GROWTH_LIMIT
-            residual.div_(factor)
             state["limiter_norm"].copy_(norm / factor)
+            c_phi = phi * (alpha / factor)
         else:
             state["limiter_norm"] = norm
-        self._apply_back(p, direction, state, side, alpha * scale)
-        p.add_(residual, alpha=alpha)
+            c_phi = phi * alpha
+        c_phi = c_phi.unsqueeze(1) if side == "right" else c_phi
+        self._apply_back(p, direction * (alpha * scale) - low_grad * (c_phi * s), state, side, 1.0)
+        p.addcmul_(p.grad, c_phi)
 
 
 # --- registry -------------------------------------------------------------------------------

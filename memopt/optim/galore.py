@@ -27,10 +27,10 @@ What differs, on purpose:
 - `svd="randomized"` finds the projector with torch.svd_lowrank (rank + 8 columns, 2
   subspace iterations, seeded from the step) instead of a full SVD: a faster refresh
   whose subspace error BENCHMARKS.md reports beside its speed.
-- Full-size tensors (embeddings, lm_head, norms) run on torch's fused Adam kernel
-  (`fused_adam`: the same formula, one pass over memory; on CPU about 10x faster
-  than foreach), the low-rank moments on foreach kernels; the project-back is fused
-  into the weight with `addmm_` (no m x n temporary).
+- Every Adam update runs on torch's fused kernel (memopt.optim.kernels: the same
+  formula, one pass over memory instead of the foreach path's ten): the full-size
+  tensors (embeddings, lm_head, norms) in place, the low-rank moments' directions
+  returned and projected back into the weight with `addmm_` (no m x n temporary).
 
 State per projected m x n weight (bytes = elements * element size), r = rank:
   std:         2*r*max(m,n) + r*min(m,n)      reverse_std: 2*r*min(m,n) + r*max(m,n)
@@ -40,7 +40,6 @@ plus 2*numel per plain tensor. Step counters are Python ints (no tensor bytes).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -49,6 +48,7 @@ from torch import nn
 
 from memopt.optim.checks import check, check_adam_args, check_bool, check_choice, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import adam_, adam_directions, transformers_step_size
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.targets import TARGET_KEYS, split_params
 
@@ -272,66 +272,20 @@ class GaLoreAdamW(torch.optim.Optimizer):
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             moment_steps.append(state["moment_step"])
-        # Full-size tensors (embeddings, lm_head, norms: most of a small model's elements) go through
-        # torch's fused Adam kernel, one pass over memory instead of the seven foreach passes below.
-        fused = [i for i, p in enumerate(params) if i not in low_rank and p.device.type in FUSED_DEVICES]
-        if fused:
-            fused_adam(*([xs[i] for i in fused] for xs in (params, grads, exp_avgs, exp_avg_sqs, moment_steps)),
-                       lr=lr, betas=(beta1, beta2), eps=eps)
-        fused_set = set(fused)
-        rest = [i for i in range(len(params)) if i not in fused_set]
-        if rest:
-            self._foreach_adam(group, *([xs[i] for i in rest] for xs in (params, grads, exp_avgs, exp_avg_sqs, moment_steps)),
-                               [low_rank.get(i) for i in rest])
+        # Everything through torch's fused Adam kernel (memopt.optim.kernels), in the authors' form: the
+        # full-size tensors updated in place, the projected ones' directions returned and applied back.
+        full = [i for i in range(len(params)) if i not in low_rank]
+        adam_(*([xs[i] for i in full] for xs in (params, grads, exp_avgs, exp_avg_sqs, moment_steps)),
+              lr=lr, betas=(beta1, beta2), eps=eps, transformers_eps=True)
+        projected = list(low_rank)
+        directions = adam_directions(*([xs[i] for i in projected] for xs in (grads, exp_avgs, exp_avg_sqs, moment_steps)),
+                                     betas=(beta1, beta2), eps=eps)
+        for i, direction in zip(projected, directions):
+            state, side = low_rank[i]
+            self._update_projected(params[i], state, side, direction, grads[i],
+                                   -transformers_step_size(lr, (beta1, beta2), moment_steps[i]), group)
         if wd > 0.0:
             torch._foreach_add_(params, params, alpha=-lr * wd)  # decoupled, full rank, after the update
-
-    def _foreach_adam(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
-                      exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], moment_steps: list[int],
-                      projections: list[tuple[dict[str, Any], str] | None]) -> None:
-        """The authors' Adam op sequence over a list; projected entries are applied back through their projector."""
-        beta1, beta2 = group["betas"]
-        lr, eps = group["lr"], group["eps"]
-        step_sizes = [lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t) for t in moment_steps]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denoms, eps)
-        full = [k for k, proj in enumerate(projections) if proj is None]
-        if full:
-            torch._foreach_addcdiv_([params[k] for k in full], [exp_avgs[k] for k in full], [denoms[k] for k in full],
-                                    [-step_sizes[k] for k in full])
-        for k, proj in enumerate(projections):
-            if proj is not None:
-                state, side = proj
-                self._update_projected(params[k], state, side, exp_avgs[k] / denoms[k], grads[k], -step_sizes[k], group)
-
-
-FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel
-
-
-def fused_adam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-               exp_avg_sqs: list[torch.Tensor], moment_steps: list[int], lr: float, betas: tuple[float, float],
-               eps: float) -> None:
-    """The authors' Adam (denominator sqrt(v) + eps, eps not bias-corrected) in torch's fused kernel.
-
-    Torch's kernel divides by sqrt(v)/sqrt(1 - b2^t) + eps'; with eps' = eps/sqrt(1 - b2^t) that is the
-    authors' sqrt(v) + eps times 1/sqrt(1 - b2^t), the factor their step size carries. One call per
-    step count (eps' depends on it).
-    """
-    by_key: dict[tuple[int, torch.device, torch.dtype], list[int]] = {}
-    for i, (p, t) in enumerate(zip(params, moment_steps)):
-        by_key.setdefault((t, p.device, p.dtype), []).append(i)
-    beta1, beta2 = betas
-    for (t, device, _), idx in by_key.items():
-        torch._fused_adam_(
-            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-            [], [torch.full((), float(t), device=device) for _ in idx],
-            lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps / math.sqrt(1.0 - beta2**t),
-            amsgrad=False, maximize=False,
-        )
 
 
 def galore_param_groups(

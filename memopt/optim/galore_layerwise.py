@@ -49,6 +49,8 @@ class LayerwiseGaLoreConfig(GaLoreConfig):
 
 
 class LayerwiseGaLoreAdamW(GaLoreAdamW):
+    frees_gradients_in_backward = True  # no gradient is left when backward ends (memopt.breakdown)
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, *args: Any,
                  accumulation_steps: int = LayerwiseGaLoreConfig.accumulation_steps, **kwargs: Any) -> None:
         check_range("accumulation_steps", accumulation_steps, 1, integer=True)

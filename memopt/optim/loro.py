@@ -16,6 +16,8 @@ bias correction in the step size s). Every step t (1-based):
   (authors' scripts), every Adam state of the optimizer is zeroed.
 Other params get the same HF AdamW. The authors pick the exact step in the
 training loop (`step(use_exact_loro=...)`); here the optimizer counts steps itself.
+Every Adam update runs on torch's fused kernel (memopt.optim.kernels), c as a
+per-tensor factor on lr; the exact step takes the directions from it.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from memopt.optim.registry import MethodSpec, register
 from memopt.optim.reparam import planned_trainables, reparameterize
 from memopt.optim.checks import check_adam_args, check_choice, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import adam_, adam_directions, transformers_step_size
 from memopt.optim.targets import target_linears
 
 REFRESH_MODES = (None, "all", "lrk", "reg")
@@ -117,18 +120,17 @@ class LoRO(torch.optim.Optimizer):
             if g["loro"] and len(g["params"]) % 2:
                 raise ValueError("a loro group must hold (M, N) pairs")
 
-    def _direction(self, p, group) -> tuple[torch.Tensor, float]:
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1.0 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-        size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-        return state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"]), size
+    def _moments(self, params) -> tuple[list, list, list]:
+        """The params' moments and step counts (moved to this step), created at a param's first step."""
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+        states = [self.state[p] for p in params]
+        return [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -140,30 +142,36 @@ class LoRO(torch.optim.Optimizer):
         for group in self.param_groups:
             group["t"] += 1
             exact = group["t"] % group["exact_every"] == 0
+            adam = dict(betas=group["betas"], eps=group["eps"])  # HF AdamW's form (the authors')
             if not group["loro"]:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        d, size = self._direction(p, group)
-                        p.add_(d, alpha=-size)
-                        if group["weight_decay"] > 0:
-                            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+                params = [p for p in group["params"] if p.grad is not None]
+                adam_(params, [p.grad for p in params], *self._moments(params), lr=group["lr"],
+                      transformers_eps=True, **adam)
+                if group["weight_decay"] > 0:
+                    torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
                 continue
             ps = group["params"]
-            for M, N in zip(ps[0::2], ps[1::2]):
-                if M.grad is None or N.grad is None:
-                    continue
-                (dM, size), (dN, _) = self._direction(M, group), self._direction(N, group)
-                if exact:
-                    exact_any = True
-                    M_new, N_new = exact_step(M, N, dM, dN, size)
+            pairs = [(M, N) for M, N in zip(ps[0::2], ps[1::2]) if M.grad is not None and N.grad is not None]
+            params = [p for pair in pairs for p in pair]
+            moments = self._moments(params)
+            if exact:
+                exact_any = exact_any or bool(pairs)
+                directions = adam_directions([p.grad for p in params], *moments, **adam)
+                for k, (M, N) in enumerate(pairs):
+                    size = transformers_step_size(group["lr"], group["betas"], moments[2][2 * k])
+                    M_new, N_new = exact_step(M, N, directions[2 * k], directions[2 * k + 1], size)
                     M.copy_(M_new)
                     N.copy_(N_new)
-                    continue
-                for p, d in ((M, dM), (N, dN)):
-                    c = group["lr_scaler"] if group["lr_scaler"] >= 0 else min(p.shape) / max(p.shape)
-                    p.add_(d, alpha=-size * c)
-                    if group["weight_decay"] > 0:
-                        p.add_(p, alpha=-size * group["weight_decay"])
+                continue
+            scalers = []
+            for p in params:
+                c = group["lr_scaler"] if group["lr_scaler"] >= 0 else min(p.shape) / max(p.shape)
+                scalers.append(c)
+            adam_(params, [p.grad for p in params], *moments, lr=group["lr"], transformers_eps=True, lr_scales=scalers,
+                  **adam)
+            if group["weight_decay"] > 0:  # p -= size * wd * p, after the update
+                sizes = [transformers_step_size(group["lr"], group["betas"], t) for t in moments[2]]
+                torch._foreach_mul_(params, [1.0 - size * group["weight_decay"] for size in sizes])
         if exact_any:
             self._refresh()
         return loss

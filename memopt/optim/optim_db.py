@@ -82,9 +82,14 @@ def counted(key: str, every: str) -> Events:
 OPTIM_DB: tuple[OptimInfo, ...] = (
     OptimInfo(
         "adamw",
-        samples=({"lr": 1e-2, "weight_decay": 0.1}, {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
-        ids=("foreach", "fused"),
+        samples=({"lr": 1e-2, "weight_decay": 0.1}, {"lr": 1e-2, "weight_decay": 0.1, "fused": False}),
+        ids=("fused", "foreach"),
         invalid=(({"lr": 0.0}, "lr"), ({"betas": (1.0, 0.9)}, "betas"), ({"eps": -1.0}, "eps"), ({"fused": 1}, "fused")),
+    ),
+    OptimInfo(
+        "adamw-foreach",
+        samples=({"lr": 1e-2, "weight_decay": 0.1},),
+        invalid=(({"lr": 0.0}, "lr"), ({"weight_decay": -1.0}, "weight_decay")),
     ),
     OptimInfo(
         "galore",

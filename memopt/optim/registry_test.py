@@ -27,7 +27,7 @@ class Net(nn.Module):
 
 
 def test_methods_registered_in_order():
-    assert optim.METHODS[:3] == ["adamw", "galore", "blockllm"]
+    assert optim.METHODS[:4] == ["adamw", "adamw-foreach", "galore", "blockllm"]
 
 
 def test_builds_the_right_classes_with_defaults():
@@ -84,7 +84,7 @@ def test_galore_param_groups_defaults_are_the_declared_ones():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid methods: adamw, galore, blockllm"):
+    with pytest.raises(ValueError, match="valid methods: adamw, adamw-foreach, galore, blockllm"):
         build("adafactor", Net())
 
 

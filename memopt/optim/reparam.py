@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memopt.optim.adamw import trainable
+from memopt.optim.adamw import torch_adamw, trainable
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.checks import check_int, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import torch_adamw_kernel
 from memopt.optim.targets import target_linears
 
 
@@ -134,7 +135,8 @@ class SparseLowRankLinear(LowRankLinear):
         self.sparse_value = nn.Parameter(values.to(self.lora_A.device))
 
     def dense_weight(self) -> torch.Tensor:
-        flat = self.low_rank().flatten().index_add(0, self.sparse_index, self.sparse_value)
+        low = self.low_rank().flatten()  # bf16 under autocast: S joins it in that dtype
+        flat = low.index_add(0, self.sparse_index, self.sparse_value.to(low.dtype))
         return flat.view(self.out_features, self.in_features)
 
     def forward(self, x):
@@ -169,11 +171,6 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def adam_kwargs(config: AdamConfig) -> dict:
-    """torch AdamW's keyword arguments (foreach, as the adamw baseline) from a config's Adam block."""
-    return dict(lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, foreach=True)
-
-
 # ---- Low-Rank ----
 
 def build_low_rank(model: nn.Module, config: LowRankConfig) -> torch.optim.AdamW:
@@ -181,7 +178,7 @@ def build_low_rank(model: nn.Module, config: LowRankConfig) -> torch.optim.AdamW
     for m in model.modules():
         if isinstance(m, LowRankLinear):
             _kaiming(m.lora_B.data)
-    return torch.optim.AdamW(trainable(model), **adam_kwargs(config))
+    return torch_adamw(trainable(model), config)
 
 
 def planned_trainables(model: nn.Module, rank: int, density: float = 0.0):
@@ -218,7 +215,7 @@ def low_rank_state_bytes(model: nn.Module, config: LowRankConfig) -> int:
 def build_sltrain(model: nn.Module, config: SLTrainConfig) -> torch.optim.AdamW:
     c = config
     reparameterize(model, lambda i, n, lin: SparseLowRankLinear(lin, c.rank, c.alpha, c.density, c.seed * 100_003 + i))
-    return torch.optim.AdamW(trainable(model), **adam_kwargs(c))
+    return torch_adamw(trainable(model), c)
 
 
 def sltrain_state_bytes(model: nn.Module, config: SLTrainConfig) -> int:
@@ -296,8 +293,9 @@ def build_relora(model: nn.Module, config: ReLoRAConfig) -> ReLoRAAdamW:
         nn.init.zeros_(m.lora_B)  # B = 0: the wrapped model computes exactly what it did before
         return m
     modules = reparameterize(model, make)
-    return ReLoRAAdamW(trainable(model), modules, c.relora_steps, c.restart_warmup_steps, c.prune_ratio, c.seed,
-                       **adam_kwargs(c))
+    params = trainable(model)
+    return ReLoRAAdamW(params, modules, c.relora_steps, c.restart_warmup_steps, c.prune_ratio, c.seed, lr=c.lr,
+                       betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **torch_adamw_kernel(params))
 
 
 register(MethodSpec(

@@ -40,6 +40,19 @@ def test_sltrain_support_fixed_and_sized():
     assert torch.equal(again.mlp.sparse_index, index0)  # support comes from the seed
 
 
+def test_sltrain_runs_under_bf16_autocast():
+    # the low-rank product comes out in bf16 there; S (fp32 parameter) joins it in that dtype, and gets a gradient
+    model = Tiny()
+    build("sltrain", model, rank=2, density=0.25)
+    x = torch.randint(0, 16, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert model.mlp.sparse_value.grad is not None and model.mlp.sparse_value.grad.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), model(x), rtol=5e-2, atol=5e-2)
+
+
 def test_relora_merge_preserves_function_resets_and_prunes():
     model = Tiny()
     opt = build("relora", model, rank=2, relora_steps=3, restart_warmup_steps=2, prune_ratio=0.5)

@@ -17,6 +17,7 @@ from memopt.optim.adamw import trainable
 from memopt.optim.registry import MethodSpec, register
 from memopt.optim.checks import check, check_adam_args, check_bool, check_int, check_range
 from memopt.optim.config import AdamConfig
+from memopt.optim.kernels import adam_, adam_directions, transformers_step_size
 from memopt.optim.targets import split_params
 
 
@@ -161,6 +162,7 @@ class SPAM(torch.optim.Optimizer):
             factor = spam_warmup_factor(t, gap, group["warmup_steps"])
             clip = group["threshold"] > 0 and t >= group["clip_delay"] and (gap <= 0 or t % gap >= group["clip_delay"])
             sparse = group["density"] < 1.0
+            params, grads, states = [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -178,29 +180,64 @@ class SPAM(torch.optim.Optimizer):
                         state["mask"] = self._draw_mask(p, group, t // gap)
                     state["exp_avg"].zero_()
                     state["exp_avg_sq"].zero_()
-                grad = p.grad[state["mask"]] if sparse else p.grad.clone()
-                self._update(p, grad, state, group, factor, clip)
+                state["step"] += 1
+                params.append(p)
+                grads.append(p.grad[state["mask"]] if sparse else p.grad)
+                states.append(state)
+            if params:
+                self._update(group, params, grads, states, factor, clip, sparse)
         return loss
 
     @staticmethod
-    def _update(p, grad, state, group, factor: float, clip: bool) -> None:
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
+    def _update(group, params, grads, states, factor: float, clip: bool, sparse: bool) -> None:
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        steps = [s["step"] for s in states]
         if clip:
-            bound = v * group["threshold"]
-            spikes = grad.square() > bound
-            grad = torch.where(spikes, grad.sign() * bound.sqrt(), grad)
-        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-        direction = m / v.sqrt().add_(group["eps"])
-        if "mask" in state:
-            p[state["mask"]] -= direction * (step_size * factor)
+            grads = clip_spikes(grads, exp_avg_sqs, group["threshold"])
+        betas, lr = group["betas"], group["lr"]
+        if sparse:  # the moments hold the masked entries only: the direction is scattered into them
+            directions = adam_directions(grads, exp_avgs, exp_avg_sqs, steps, betas=betas, eps=group["eps"])
+            for p, direction, state in zip(params, directions, states):
+                p[state["mask"]] -= direction * (transformers_step_size(lr, betas, state["step"]) * factor)
         else:
-            p.add_(direction, alpha=-step_size * factor)
+            adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr * factor, betas=betas, eps=group["eps"],
+                  transformers_eps=True)
         if group["weight_decay"] > 0:
-            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, params, alpha=-lr * group["weight_decay"])  # after the update
+
+
+SPIKE_CHUNK = 1 << 19  # elements: the margin's temporary (2 MiB in fp32) stays in a CPU core's cache
+
+
+def spike_margin(grad: torch.Tensor, exp_avg_sq: torch.Tensor, threshold: float) -> torch.Tensor:
+    """min(v - g^2 / threshold) over the tensor, a 0-d tensor: negative where some g^2 > threshold * v.
+
+    On CPU in cache-sized chunks: one read of g and v, where a whole-tensor temporary would be written to
+    memory and read back (about as much traffic as the Adam step itself)."""
+    g, v = grad.reshape(-1), exp_avg_sq.reshape(-1)
+    chunk = SPIKE_CHUNK if grad.device.type == "cpu" else g.numel()
+    scratch = torch.empty(min(chunk, g.numel()), dtype=g.dtype, device=g.device)
+    lows = []
+    for start in range(0, g.numel(), chunk):
+        gc, vc = g[start:start + chunk], v[start:start + chunk]
+        lows.append(torch.addcmul(vc, gc, gc, value=-1.0 / threshold, out=scratch[:gc.numel()]).amin())
+    return torch.stack(lows).amin() if lows else torch.zeros((), device=g.device)
+
+
+def clip_spikes(grads: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], threshold: float) -> list[torch.Tensor]:
+    """SPAM's spike clipping, g := sign(g) * sqrt(threshold * v) where g^2 > threshold * v (v: the previous
+    step's). Spikes are rare: a tensor without one is returned as it is (found by `spike_margin`, one sync for
+    all); a tensor with one gets the authors' formula, as a new tensor. The gradients are not changed."""
+    if not grads:
+        return grads
+    margins = torch.stack([spike_margin(g, v, threshold) for g, v in zip(grads, exp_avg_sqs)]).tolist()
+    clipped = []
+    for grad, v, margin in zip(grads, exp_avg_sqs, margins):
+        if margin < 0:
+            bound = v * threshold
+            grad = torch.where(grad.square() > bound, grad.sign() * bound.sqrt(), grad)
+        clipped.append(grad)
+    return clipped
 
 
 class StableSPAM(torch.optim.Optimizer):
@@ -214,6 +251,10 @@ class StableSPAM(torch.optim.Optimizer):
     shared step count to 1, which also restarts the bias correction of the clip and
     norm EMAs (so clipping barely acts after the first reset); kept as the default,
     `separate_ema_step=True` gives the EMAs their own never-reset count.
+
+    The per-tensor formulas run batched over the group (`_update`); the last division of the gradient is the
+    fused kernel's grad scale, which writes the divided gradient back: after `step()` a gradient may hold its
+    normalized value (the training engine drops gradients after every step).
 
     Fixed authors' fault: their reset stores fresh zero moments in `state` but goes
     on updating the old tensors it bound before, so the reset step uses the stale
@@ -251,9 +292,8 @@ class StableSPAM(torch.optim.Optimizer):
             group["total_step"] += 1
             t, gap = group["total_step"], group["reset_interval"]
             scale = self.schedule_scale(t, group["total_steps"], group["eta_min"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params, states = [p for p in group["params"] if p.grad is not None], []
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -262,42 +302,71 @@ class StableSPAM(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                     for k in ("m_norm", "v_norm", "m_max"):
                         state[k] = torch.zeros((), dtype=torch.float32, device=p.device)
-                self._update(p, p.grad.clone(), state, group, scale, reset=gap > 0 and t % gap == 0)
+                states.append(state)
+            if params:
+                self._update(group, params, states, scale, reset=gap > 0 and t % gap == 0)
         return loss
 
     @staticmethod
-    def _update(p, grad, state, group, scale: float, reset: bool) -> None:
+    def _update(group, params, states, scale: float, reset: bool) -> None:
+        """The authors' per-tensor formulas, batched over the group: per-tensor scalars on foreach ops, the
+        clipping only on tensors that have a spike, the normalization as the fused kernel's grad scale."""
         g1, g2, g3, eps = group["gamma1"] * scale, group["gamma2"], group["gamma3"], group["eps"]
-        p.mul_(1.0 - group["lr"] * group["weight_decay"])
-        state["step"] += 1
-        state["ema_step"] += 1
-        k = state["ema_step"] if group["separate_ema_step"] else state["step"]
+        ks = []
+        for state in states:
+            state["step"] += 1
+            state["ema_step"] += 1
+            ks.append(state["ema_step"] if group["separate_ema_step"] else state["step"])
+        grads = [p.grad for p in params]
 
-        max_g = grad.abs().max().float()
-        state["m_max"].mul_(g3).add_(max_g, alpha=1.0 - g3)
-        m_max_hat = state["m_max"] / (1.0 - g3 ** k)
-        spikes = grad.abs() > m_max_hat
-        grad = torch.where(spikes, grad / max_g * m_max_hat, grad)
-
-        norm = grad.norm().float()
-        state["m_norm"].mul_(g1).add_(norm, alpha=1.0 - g1)
-        state["v_norm"].mul_(g2).add_(norm.square(), alpha=1.0 - g2)
-        target = (state["m_norm"] / (1.0 - g1 ** k)) / ((state["v_norm"] / (1.0 - g2 ** k)).sqrt() + eps)
-        if norm > 0:
-            grad = grad / norm * target
+        max_gs = [max_abs(g) for g in grads]
+        m_maxes = [state["m_max"] for state in states]
+        torch._foreach_mul_(m_maxes, g3)
+        torch._foreach_add_(m_maxes, max_gs, alpha=1.0 - g3)
+        m_max_hats = torch._foreach_div(m_maxes, [1.0 - g3**k for k in ks])
+        spiking = (torch.stack(max_gs) > torch.stack(m_max_hats)).tolist()  # else no |g| > the hat: nothing to clip
+        for g, max_g, hat, spike in zip(grads, max_gs, m_max_hats, spiking):
+            if spike:
+                pull_spikes_(g, max_g, hat)
+        norms = [n.float() for n in torch._foreach_norm(grads)]
+        m_norms, v_norms = [state["m_norm"] for state in states], [state["v_norm"] for state in states]
+        torch._foreach_mul_(m_norms, g1)
+        torch._foreach_add_(m_norms, norms, alpha=1.0 - g1)
+        torch._foreach_mul_(v_norms, g2)
+        torch._foreach_addcmul_(v_norms, norms, norms, value=1.0 - g2)
+        targets = [(m / (1.0 - g1**k)) / ((v / (1.0 - g2**k)).sqrt() + eps) for m, v, k in zip(m_norms, v_norms, ks)]
+        # g := g / ||g|| * target, as the kernel's divisor ||g|| / target (none for a zero gradient)
+        grad_scales = [torch.where(norm > 0, norm / target, 1.0) for norm, target in zip(norms, targets)]
 
         if reset:
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
-            state["step"] = 1
-            if not group["separate_ema_step"]:
-                state["ema_step"] = 1
-        beta1, beta2 = group["betas"][0] * scale, group["betas"][1]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        bc1, bc2 = 1.0 - beta1 ** state["step"], 1.0 - beta2 ** state["step"]
-        p.addcdiv_(m, (v.sqrt() / math.sqrt(bc2)).add_(eps), value=-group["lr"] / bc1)
+            for state in states:
+                state["exp_avg"].zero_()
+                state["exp_avg_sq"].zero_()
+                state["step"] = 1
+                if not group["separate_ema_step"]:
+                    state["ema_step"] = 1
+        adam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+              [s["step"] for s in states], lr=group["lr"], betas=(group["betas"][0] * scale, group["betas"][1]),
+              eps=eps, weight_decay=group["weight_decay"], grad_scales=grad_scales)
+
+
+def max_abs(t: torch.Tensor) -> torch.Tensor:
+    """max |t| in one pass, fp32 (torch's inf-norm takes several times longer on CPU)."""
+    low, high = torch.aminmax(t)
+    return torch.maximum(high, -low).float()
+
+
+def pull_spikes_(g: torch.Tensor, max_g: torch.Tensor, hat: torch.Tensor) -> None:
+    """Stable-SPAM's clipping in place, g := g / max|g| * hat where |g| > hat: the authors' formula on those
+    entries only (they are few, the ones near the maximum), found chunk by chunk (`SPIKE_CHUNK`) on CPU so the
+    mask stays in cache, where a whole-tensor torch.where writes and reads four temporaries."""
+    if not g.is_contiguous():
+        g.copy_(torch.where(g.abs() > hat, g / max_g * hat, g))
+        return
+    flat = g.view(-1)
+    chunk = SPIKE_CHUNK if g.device.type == "cpu" else max(flat.numel(), 1)
+    index = torch.cat([(flat[s:s + chunk].abs() > hat).nonzero().flatten() + s for s in range(0, flat.numel(), chunk)])
+    flat[index] = flat[index] / max_g * hat
 
 
 # ---- registry ----
