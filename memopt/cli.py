@@ -124,8 +124,9 @@ def _flag_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return ",".join(map(str, value))
-    if isinstance(value, dict):  # method_args: METHOD.NAME=VALUE,...
-        return ",".join(f"{m}.{k}={v!r}" for m, hp in value.items() for k, v in hp.items())
+    if isinstance(value, dict):  # method_args: METHOD.NAME=VALUE,...; method_lr_grid: METHOD=[LR,...],...
+        return ",".join(f"{m}=[{_flag_value(v)}]" if isinstance(v, list) else
+                        ",".join(f"{m}.{k}={x!r}" for k, x in v.items()) for m, v in value.items())
     return str(value)
 
 

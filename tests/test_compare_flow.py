@@ -29,7 +29,7 @@ from memopt.config import CompareConfig
 from memopt.report import HTML, LOSS_PLOT, LR_PLOT, MEMORY_PLOT, TABLE, write_report
 from memopt.report.report_test import PageParser
 from memopt.sweep import grid_edge
-from memopt.tracking import child_runs, nested_runs, seed_runs, throughput, trial_runs
+from memopt.tracking import child_runs, nested_runs, run_model_id, seed_runs, throughput, trial_runs
 from memopt.vocabulary import MemoryPart, Metric, Role, Tag
 from tasks.report import RESULTS_TABLE
 
@@ -187,8 +187,9 @@ def test_each_seed_run_has_every_step_memory_samples_and_the_model(fair):
             assert len(samples) >= 2 and all(s.value > 0 for s in samples)
             assert seed.data.metrics["peak_rss_mb"] >= max(s.value for s in samples) * 0.99
             assert {"final_val_loss", "perplexity", "answer_accuracy", "optimizer_state_bytes"} <= set(seed.data.metrics)
-            artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
-            assert {"model.safetensors", "config.json", "tokenizer.json"} <= artifacts
+            model_id = run_model_id(client, run_id)  # an MLflow LoggedModel of the transformers flavour
+            assert {"model.safetensors", "config.json"} <= {Path(a.path).name for a in client.list_logged_model_artifacts(model_id, "model")}
+            assert "tokenizer.json" in {Path(a.path).name for a in client.list_logged_model_artifacts(model_id, "components/tokenizer")}
             assert seed.data.params["optimizer"] == method
 
 

@@ -117,7 +117,8 @@ def test_the_reports_command_line_runs_the_same_configuration_again(tmp_path):
 
     cfg = parse_args(["--methods", "adamw,galore", "--method_args", "galore.update_proj_gap=50,adamw.betas=(0.9,0.95)",
                       "--tracking_uri", f"sqlite:///{tmp_path}/my store.db", "--system_metrics", "true",
-                      "--max_steps", "30", "--register_model_name", "best"])
+                      "--max_steps", "30", "--register_model_name", "best", "--method_lr_grid", "galore=[0.001,0.01]",
+                      "--seeds", "0,1", "--regime", "pretrain"])
     line = command_line(cfg)
     assert line.startswith("python -m flows.compare --methods adamw,galore ") and "--batch_size" not in line
     assert parse_args(shlex.split(line)[3:]) == cfg

@@ -315,7 +315,8 @@ def test_checkpoints_load_weights_only(tmp_path):
 def test_weights_are_safetensors(resumed):
     client = resumed.client
     for method in child_runs(client, resumed.parent):
-        names = {Path(a.path).name for a in client.list_artifacts(seed_run(client, resumed.parent, method).info.run_id, "model")}
+        model_id = run_model_id(client, seed_run(client, resumed.parent, method).info.run_id)
+        names = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id, "model")}
         assert "model.safetensors" in names, (method, names)
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], (method, names)
     for ckpt in resumed.out.glob("runs/*/*/seed-*/checkpoints/step-*"):
