@@ -1,6 +1,8 @@
-"""compare_optimizers: tokenize once, train and evaluate each method, report.
+"""compare_optimizers: make the base model if the regime needs one, tokenize once, then for each method its
+lr sweep, its seed runs and its result; report.
 
     python -m flows.compare --methods adamw,galore,blockllm --max_steps 200
+    python -m flows.compare --regime pretrain --lr_grid 1e-3,3e-3,1e-2 --seeds 0,1,2
     python -m flows.compare --resume PARENT_RUN_ID
     python -m flows.compare --help          # every parameter, declared in memopt/config.py
 
@@ -18,28 +20,28 @@ import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_client, get_run_logger
 from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
+from flows.method import Target, run_method
 from flows.stopping import Stop, end_process_on_stop, stop_on_signals
 from flows.stopping import current as current_stop
 from memopt import preflight
 from memopt.blocks import TokenizedData
 from memopt.cli import from_command_line, validate
-from memopt.config import CompareConfig, ConfigError, TrainConfig
+from memopt.config import CompareConfig, ConfigError, as_logged_before_regimes
 from memopt.links import mlflow_ui, run_url
-from memopt.report import log_run_plots
 from memopt.stopping import Stopped, raise_on_signals
-from memopt.tracking import (child_run, close_comparison, ensure_store, fail_mlflow_run, fail_run, log_method_summary,
-                             open_comparison, reopen_run)
-from memopt.vocabulary import CONFIG_PARAM, Param, Tag
+from memopt.tracking import close_comparison, ensure_store, fail_mlflow_run, fail_run, log_model, open_comparison
+from memopt.vocabulary import CONFIG_PARAM, Tag
+from tasks.base import BaseSpec, base_model, base_record
 from tasks.data import log_dataset_inputs, tokenize_for
-from tasks.evaluate import evaluate
 from tasks.report import compare
-from tasks.train import train
 
 
 class ComparisonIncomplete(RuntimeError):
@@ -67,7 +69,9 @@ def compare_optimizers(config: CompareConfig = CompareConfig()) -> dict[str, str
 def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     log = get_run_logger()
     preflight.check(config)
-    data_dir = tokenize_for(config)  # first: whether the batch fits the data only its tokens tell, before any run exists
+    # first: whether the batch fits the data only its tokens tell, before any run exists; a base model to make first
+    # brings the tokenizer the task data is read with (preflight.check_data checked its own text meanwhile)
+    data_dir = None if config.makes_base_model else tokenize_for(config)
     uri = config.resolved_tracking_uri()
     ensure_store(uri)
     client = MlflowClient(uri)
@@ -76,12 +80,22 @@ def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
     # a link only to a server that outlives the flow run: the temporary one is gone when the flow ends
     parent = open_comparison(client, config, mlflow_run_id, (flow_run.id, url_for("flow-run", obj_id=flow_run.id) or ""))
     stop.comparison = (client, parent)
-    log_dataset_inputs(TokenizedData(Path(data_dir)), parent, uri)
+    client.set_tag(parent, Tag.REGIME, config.regime)
     ui = mlflow_ui(uri, config.mlflow_ui_url)
     parent_url = run_url(ui, client.get_run(parent).info.experiment_id, parent)
     log.info("MLflow parent run %r: %s", config.run_name(), parent_url)
     output = Path(config.output_dir)
-    statuses = {method: train_and_evaluate(client, config, parent, method, data_dir, ui) for method in config.methods}
+    model_name = made_base_model(client, config, parent) if config.makes_base_model else config.model_name
+    try:
+        if data_dir is None:  # the task data in the base model's tokenizer, checked against the batch
+            data_dir = tokenize_for(config, model_name)
+        check_sweep_budget(config, len(TokenizedData(Path(data_dir)).blocks("train")))
+    except ConfigError as exc:
+        fail_run(client, parent, f"bad input: {exc}")
+        raise
+    log_dataset_inputs(TokenizedData(Path(data_dir)), parent, uri)
+    target = Target(client, config, parent, model_name, data_dir, ui)
+    statuses = {method: run_method(target, method) for method in config.methods}
     report = compare(uri, parent, str(output), parent_url, config.register_model_name)
     log.info("report: %s", report)
     failed = sorted(m for m, s in statuses.items() if s != "FINISHED")
@@ -92,8 +106,8 @@ def _compare(config: CompareConfig, stop: Stop) -> dict[str, str]:
 
 
 def flow_run_tags(config: CompareConfig) -> list[str]:
-    """What the Prefect UI can filter flow runs by: the methods and the model."""
-    return [*(f"method:{m}" for m in config.methods), f"model:{Path(config.model_name).name}"]
+    """What the Prefect UI can filter flow runs by: the methods, the model and the regime."""
+    return [*(f"method:{m}" for m in config.methods), f"model:{Path(config.model_name).name}", f"regime:{config.regime}"]
 
 
 def tag_flow_run(config: CompareConfig) -> None:
@@ -101,46 +115,37 @@ def tag_flow_run(config: CompareConfig) -> None:
         prefect.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, *flow_run_tags(config)}))
 
 
-def train_and_evaluate(client: MlflowClient, config: CompareConfig, parent: str, method: str, data_dir: str,
-                       ui: str) -> str:
-    """One method in its child run (a finished one is skipped, an unfinished one continued); its final status.
-    `ui`: the MLflow UI's address, for the links in the log."""
-    log = get_run_logger()
-    run = child_run(client, parent, method, ui)
-    run_id = run.info.run_id
-    url = run_url(ui, run.info.experiment_id, run_id)
-    if run.info.status == "FINISHED":
-        log.info("%s: already finished in run %s; skipped", method, url)
-        return "FINISHED"
-    reopen_run(client, run)
+def made_base_model(client: MlflowClient, config: CompareConfig, parent: str) -> str:
+    """The folder of the finetune regime's base model for the preset `config.model_name` (tasks/base.py):
+    made now or found in the cache; named in the parent's tags."""
+    spec = BaseSpec.of(config)
     uri = config.resolved_tracking_uri()
-    log_dataset_inputs(TokenizedData(Path(data_dir)), run_id, uri)  # the data each child trained on, in its own run
-    train_cfg = TrainConfig(
-        method=method,
-        model_name=config.model_name,
-        data_dir=data_dir,
-        output_dir=str(Path(config.output_dir) / "runs" / parent / method),
-        run_id=run_id,
-        tracking_uri=uri,
-        method_args=config.method_hyperparameters(method),
-        training=config.training,
-    )
-    tags = [f"method:{method}"]
-    state = train.with_options(retries=config.retries, task_run_name=f"train-{method}", tags=tags)(
-        train_cfg, url, return_state=True)
+    # The folder is the cache; Prefect's record of it is refreshed whenever the folder is not complete.
+    state = base_model.with_options(refresh_cache=base_record(spec.folder(config.output_dir)) is None)(
+        spec, config.training, config.output_dir, parent, uri, config.retries, return_state=True)
     if state.is_failed():
-        reason = str(state.result(raise_on_failure=False))
-        fail_run(client, run_id, reason)
-        log.error("%s: FAILED: %s", method, reason)
-        return "FAILED"
-    steps = int(client.get_run(run_id).data.params[Param.TOTAL_STEPS])
-    evaluate.with_options(task_run_name=f"evaluate-{method}", tags=tags)(
-        state.result(), data_dir, run_id, uri, config.training.batch_size, steps
-    )
-    log_run_plots(uri, run_id, Path(train_cfg.output_dir) / "plots")
-    log_method_summary(client, parent, method, run_id)
-    client.set_terminated(run_id, "FINISHED")
-    return "FINISHED"
+        reason = f"the base model could not be made: {state.result(raise_on_failure=False)}"
+        fail_run(client, parent, reason)
+        raise ComparisonIncomplete(reason)
+    record = base_record(state.result())
+    model_id = record["model_id"]
+    try:
+        client.get_logged_model(model_id)
+    except MlflowException:  # made for another store (same output folder): logged into this one, not trained again
+        model_id = log_model(client, parent, record["model_dir"], name="base-model")
+    client.log_batch(parent, tags=[RunTag(Tag.BASE_MODEL, record["model_dir"]), RunTag(Tag.BASE_MODEL_ID, model_id)])
+    return record["model_dir"]
+
+
+def check_sweep_budget(config: CompareConfig, n_train_blocks: int) -> None:
+    """--sweep_steps against a budget given in epochs, which only the tokenized data's size tells."""
+    if config.training.max_steps or not any(config.lr_grid_for(m) for m in config.methods):
+        return  # a --max_steps budget was checked with the configuration
+    steps = config.training.epochs * (n_train_blocks // config.training.global_batch_size)
+    if config.sweep_steps >= steps:
+        raise ConfigError(f"--sweep_steps: got {config.sweep_steps}; must be smaller than the budget, {config.training.epochs} "
+                          f"epoch(s) of {n_train_blocks} blocks at {config.training.global_batch_size} per step = {steps} "
+                          "steps (or 0 for no sweep)")
 
 
 def parse_args(argv: list[str]) -> CompareConfig:
@@ -160,7 +165,8 @@ def resumed_config(cfg: CompareConfig) -> CompareConfig:
             raise ConfigError(f"--resume: run {cfg.resume} is the {tags.get(Tag.METHOD, 'child')} run of comparison "
                               f"{tags[Tag.PARENT]}; resume the comparison: --resume {tags[Tag.PARENT]}")
         raise ConfigError(f"--resume: run {cfg.resume} is not a memopt comparison (it has no {CONFIG_PARAM!r} param)")
-    return validate(CompareConfig, {**json.loads(params[CONFIG_PARAM]), "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
+    logged = as_logged_before_regimes(json.loads(params[CONFIG_PARAM]))
+    return validate(CompareConfig, {**logged, "resume": cfg.resume, "tracking_uri": cfg.tracking_uri})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     end_process_on_stop()
     try:
         statuses = compare_optimizers(cfg)
+    except ConfigError as exc:  # what only the tokenized data could tell (check_sweep_budget)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ComparisonIncomplete as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

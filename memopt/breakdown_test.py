@@ -74,7 +74,8 @@ def test_adamw_breakdown_matches_every_formula_on_the_measured_step_only():
     # (the kernel keeps its high-water mark and the RSS it reports in per-CPU batches of pages: up to ~1 MiB apart)
     assert b.peak >= max(r["rss"] for r in b.boundaries.values()) - MIB
     assert b.rest == b.peak - b.runtime - sum(b.measured.values())
-    assert 0 < b.runtime < b.boundaries["step_start"]["rss"], "the reading before the model, handed in"
+    # the reading before the model, handed in: no higher than at the step (a micro model can add under a page batch)
+    assert 0 < b.runtime <= b.boundaries["step_start"]["rss"]
     assert peak_rss_bytes() >= b.peak, "the process's peak survives the step's reset"
     metrics = b.metrics()
     assert metrics[Metric.memory_part(MemoryPart.ACTIVATIONS)] == b.measured[MemoryPart.ACTIVATIONS] / MIB

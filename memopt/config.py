@@ -24,22 +24,22 @@ memopt/preflight.py.
 """
 from __future__ import annotations
 
-import ast
 import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memopt import optim
-from memopt.data import DEFAULT_DATASET
+from memopt.data import DEFAULT_BASE_DATASET, DEFAULT_DATASET
 from memopt.distributed import check_launch_options
+from memopt.fieldtypes import LrGrid, MethodArgs, MethodLrGrids, MethodNames, Seeds, check_given_once, check_lr_grid
 from memopt.methods import grad_accum_steps, pipeline_methods, recipe
 from memopt.models import PRESETS, is_preset
 from memopt.options import BEST_METRICS, NOT_DURING_TRAINING
 from memopt.vocabulary import EXPERIMENT
+from memopt.regimes import Regime, regime_hyperparameters
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default store
 # Every integer has an upper bound: what MLflow (a step is a 64-bit integer) and torch (sizes, generator seeds) can hold.
@@ -50,51 +50,6 @@ WHY_BOUND = {INT64_MAX: "the largest 64-bit integer: MLflow's steps and torch's 
 
 class ConfigError(ValueError):
     """Bad input: one line naming the parameter; the command line exits 2."""
-
-
-def _split_commas(value: Any) -> Any:
-    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
-
-
-def _top_level_split(text: str) -> list[str]:
-    """Split on commas outside brackets and quotes, so `adamw.betas=(0.9,0.95)` stays one item."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
-
-
-def _parse_method_args(value: Any) -> Any:
-    """`galore.update_proj_gap=50,blockllm.patience=20` -> {"galore": {"update_proj_gap": 50}, ...}."""
-    if not isinstance(value, str):
-        return value
-    result: dict[str, dict[str, Any]] = {}
-    for item in filter(None, (part.strip() for part in _top_level_split(value))):
-        key, sep, text = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise ValueError(f"{item!r} is not METHOD.NAME=VALUE")
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            parsed = text
-        result.setdefault(method, {})[name] = parsed
-    return result
-
-
-# NoDecode: the command line hands these over as typed, for the validators to parse.
-MethodNames = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
-MethodArgs = Annotated[dict[str, dict[str, Any]], NoDecode, BeforeValidator(_parse_method_args)]
 
 
 class Section(BaseModel):
@@ -236,6 +191,24 @@ class CompareConfig(WithTraining):
                                     "e.g. galore.update_proj_gap=50,blockllm.patience=20")
     retries: int = Field(1, ge=0, le=INT64_MAX,
                          description="Prefect retries of a failed training process (each resumes from its last checkpoint)")
+    regime: Regime = Field(
+        "finetune", description="pretrain: the model's architecture from random init; finetune: a pretrained model "
+        "adapted to the data (a preset's base is made first: base_*). Each method takes its authors' defaults for it")
+    lr_grid: LrGrid = Field([1e-3, 3e-3, 1e-2], description="learning rates every method's sweep tries, the "
+                            "baseline's included; the best trial's lr trains the seeds")
+    method_lr_grid: MethodLrGrids = Field(default_factory=dict, description="a method's own grid instead of lr_grid, "
+                                          "METHOD=[LR,...],... e.g. blockllm=[3e-3,1e-2]")
+    sweep_steps: int = Field(25, ge=0, le=INT64_MAX, description="optimizer steps of each sweep trial, fewer than the budget (0: no "
+                             "sweep: the method's own lr); a method given an lr (--lr, METHOD.lr) is not swept")
+    sweep_workers: int = Field(2, ge=1, le=INT64_MAX, description="sweep trials trained at once (a trial's loss does not depend on it; "
+                               "1 where memory or the accelerator is short; 1 under torchrun); seed runs always train one at a time")
+    seeds: Seeds = Field([], description="seeds of each method's final runs, e.g. 0,1,2: the report gives mean ± std "
+                         "over them (unset: --seed alone; the data always comes from --seed)")
+    base_dataset: str = Field(DEFAULT_BASE_DATASET, description="finetune with a preset: the text its base model is "
+                              "pretrained on (the embedded default: general English, not the task), any --dataset form")
+    base_steps: int = Field(150, ge=0, le=INT64_MAX, description="finetune with a preset: AdamW steps that pretrain its base model "
+                            "(made once, cached by what it depends on; 0: none, so model_name must be pretrained)")
+    base_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="finetune with a preset: the base model's AdamW lr")
     resume: str | None = Field(None, description="a parent run id: finish that comparison, with its own parameters")
     register_model_name: str = Field(
         "", description="a name in the MLflow model registry: the best method's model (lowest final validation "
@@ -250,9 +223,7 @@ class CompareConfig(WithTraining):
         for m in methods:
             if m not in valid:
                 raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(valid)}")
-        repeated = sorted({m for m in methods if methods.count(m) > 1})
-        if repeated:
-            raise ValueError(f"{', '.join(repeated)} given more than once; each method runs once")
+        check_given_once(methods, why="; each method runs once")
         return methods
 
     @field_validator("mlflow_ui_url")
@@ -261,6 +232,27 @@ class CompareConfig(WithTraining):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"got {value!r}; must be empty or an http(s):// address")
         return value.rstrip("/")
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _lr_grid(cls, grid: list[float]) -> list[float]:
+        return check_lr_grid(grid)
+
+    @field_validator("method_lr_grid")
+    @classmethod
+    def _method_lr_grids(cls, grids: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, grid in grids.items():
+            check_lr_grid(grid, f"{method}: ")
+        return grids
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        outside = [s for s in seeds if not 0 <= s <= SEED_MAX]
+        if outside:
+            raise ValueError(f"got {outside[0]}; every seed must be an integer from 0 to {SEED_MAX} ({WHY_BOUND[SEED_MAX]})")
+        check_given_once(seeds, why="; each seed runs once")
+        return seeds
 
     @field_validator("register_model_name")
     @classmethod
@@ -277,9 +269,10 @@ class CompareConfig(WithTraining):
 
     @model_validator(mode="after")
     def _method_args_name_methods(self) -> "CompareConfig":
-        unknown = sorted(set(self.method_args) - set(self.methods))
-        if unknown:
-            raise ValueError(f"--method_args: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
+        for name, given in (("method_args", self.method_args), ("method_lr_grid", self.method_lr_grid)):
+            unknown = sorted(set(given) - set(self.methods))
+            if unknown:
+                raise ValueError(f"--{name}: {', '.join(unknown)} not among --methods {','.join(self.methods)}")
         return self
 
     @model_validator(mode="after")
@@ -303,6 +296,43 @@ class CompareConfig(WithTraining):
                                  f"{method}.clip_grad_norm={t.grad_clip:g} (its own two-pass clipping)")
         return self
 
+    @model_validator(mode="after")
+    def _sweep_and_regime(self) -> "CompareConfig":
+        budget = self.training.max_steps
+        if budget and any(self.lr_grid_for(m) for m in self.methods) and self.sweep_steps >= budget:
+            raise ValueError(f"--sweep_steps: got {self.sweep_steps}; must be smaller than the budget --max_steps "
+                             f"{budget} (a trial is a short run), or 0 for no sweep")
+        if self.regime == "finetune" and is_preset(self.model_name) and self.base_steps == 0:
+            raise ValueError(f"--base_steps: got 0; the finetune regime with the preset {self.model_name!r} (random "
+                             "weights) needs a base model pretrained first (--base_steps >= 1), or a pretrained "
+                             "--model_name (a save_pretrained folder or a hub name), or --regime pretrain")
+        return self
+
+    # --- what each method runs -----------------------------------------------------------------
+    @property
+    def final_seeds(self) -> list[int]:
+        """The seeds of each method's final runs."""
+        return self.seeds or [self.training.seed]
+
+    @property
+    def makes_base_model(self) -> bool:
+        """Whether this comparison first pretrains a base model (the finetune regime on a preset)."""
+        return self.regime == "finetune" and is_preset(self.model_name)
+
+    def lr_source(self, method: str) -> str:
+        """Where `method`'s learning rate comes from: sweep, --lr, method_args, or default (the method's own)."""
+        if self.training.lr is not None:
+            return "--lr"
+        if "lr" in self.method_args.get(method, {}):
+            return "method_args"
+        return "sweep" if self.sweep_steps else "default"
+
+    def lr_grid_for(self, method: str) -> list[float]:
+        """The learning rates `method`'s sweep tries; [] when it is not swept (lr_source says why)."""
+        if self.lr_source(method) != "sweep":
+            return []
+        return self.method_lr_grid.get(method, self.lr_grid)
+
     def tokenizer_name(self) -> str | None:
         """The data is tokenized with the model's own tokenizer; a preset's (None) is a BPE trained on the data."""
         return None if is_preset(self.model_name) else self.model_name
@@ -322,7 +352,8 @@ class CompareConfig(WithTraining):
         """One MLflow param per parameter given a value (the training options under their own names). One left
         unset is left out: what each method used instead is a param of its child run (`lr`, `warmup_steps`, ...)."""
         values = {**self.model_dump(exclude={"resume", "tracking_uri", "training"}), **self.training.model_dump()}
-        return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items() if v not in (None, "", {})}
+        return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in values.items()
+                if v not in (None, "", {}, [])}
 
     def run_name(self) -> str:
         """The parent run's name: what is compared, on which model."""
@@ -332,9 +363,11 @@ class CompareConfig(WithTraining):
         return PRESETS[self.model_name].hidden_size if is_preset(self.model_name) else None
 
     def method_hyperparameters(self, method: str) -> dict[str, Any]:
-        """What this comparison overrides for `method`'s optimizer."""
-        defaults = optim.spec(recipe(method).optimizer).defaults
-        hp: dict[str, Any] = {}
+        """What this comparison overrides for `method`'s optimizer: the regime's defaults (memopt/regimes.py),
+        the shared rank and sparsity, then the method's own method_args."""
+        optimizer = recipe(method).optimizer
+        defaults = optim.spec(optimizer).defaults
+        hp: dict[str, Any] = dict(regime_hyperparameters(self.regime, optimizer))
         if "rank" in defaults:
             if self.rank is not None:
                 hp["rank"] = self.rank
@@ -343,6 +376,12 @@ class CompareConfig(WithTraining):
         if "sparsity" in defaults and self.sparsity is not None:
             hp["sparsity"] = self.sparsity
         return {**hp, **self.method_args.get(method, {})}
+
+
+def as_logged_before_regimes(logged: dict[str, Any]) -> dict[str, Any]:
+    """A configuration read back from a parent run's config_json. One logged before regimes, sweeps and seeds
+    existed ran in the pretrain regime at each method's own lr: it finishes that way."""
+    return logged if "regime" in logged else {**logged, "regime": "pretrain", "sweep_steps": 0}
 
 
 class TrainConfig(WithTraining):
@@ -355,6 +394,10 @@ class TrainConfig(WithTraining):
     run_id: str = Field(description="the MLflow child run, created by the train task")
     tracking_uri: str = Field(description="the MLflow store")
     method_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's hyperparameters beyond its defaults")
+    random_init: bool = Field(False, description="a pretrained model_name's architecture with random weights (the "
+                              "pretrain regime); presets are always random")
+    evaluate_at_start: bool = Field(True, description="the untrained model's validation loss at step 0 (a sweep's "
+                                    "trials leave it to the seed runs, which start from the same weights)")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":

@@ -1,7 +1,8 @@
 """Datasets and their text: loading any dataset name into train / validation / test, and a row's text.
 
 A dataset name is one of four things:
-- `DEFAULT_DATASET`: arithmetic problems generated offline from the seed (memopt/datagen.py);
+- an embedded one, generated offline from the seed: `DEFAULT_DATASET`, arithmetic problems
+  (memopt/datagen.py), or `DEFAULT_BASE_DATASET`, general English text (memopt/textgen.py);
 - a local folder written by `save_to_disk` (a Dataset or a DatasetDict);
 - a local json / jsonl / txt / parquet / csv file, or a folder of them;
 - a hub name such as `HuggingFaceH4/MATH-500` or `wikitext`, optionally `name:config@revision`.
@@ -23,8 +24,15 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, l
 
 from memopt import hub
 from memopt.datagen import GENERATOR_VERSION, generate_math_dataset
+from memopt.textgen import TEXTGEN_VERSION, generate_general_corpus
 
 DEFAULT_DATASET = "memopt/math-synthetic"
+DEFAULT_BASE_DATASET = "memopt/general-synthetic"  # what the fine-tune regime's base model is pretrained on
+# The datasets generated in the project, offline: name -> (generator(seed), version for caches).
+EMBEDDED = {
+    DEFAULT_DATASET: (generate_math_dataset, GENERATOR_VERSION),
+    DEFAULT_BASE_DATASET: (generate_general_corpus, TEXTGEN_VERSION),
+}
 SPLITS = ("train", "validation", "test")
 HELD_OUT_FRACTION = 0.05  # of the rows, for each missing validation / test split
 MATH_FIELDS = "problem+solution"  # text_field's answer for MATH-style rows
@@ -122,7 +130,7 @@ def load_text_dataset(name: str, seed: int = 0) -> DatasetDict:
 def check_dataset(name: str) -> None:
     """Raise DatasetError now if `name` cannot be used, before anything is started; `datasets`' own error
     logs and progress bars stay quiet, the error says it in one line."""
-    if name != DEFAULT_DATASET:
+    if name not in EMBEDDED:
         with _quiet_datasets():
             load_text_dataset(name)
 
@@ -141,8 +149,8 @@ def _quiet_datasets():
 
 
 def _load_raw(name: str, seed: int) -> DatasetDict:
-    if name == DEFAULT_DATASET:
-        return generate_math_dataset(seed)
+    if name in EMBEDDED:
+        return EMBEDDED[name][0](seed)
     path = Path(name).expanduser()
     if path.exists():
         return _load_local(name, path)
@@ -240,8 +248,8 @@ def dataset_identity(dataset: str, seed: int) -> str:
     """A stable string naming the data `load_text_dataset(dataset, seed)` returns, for caches:
     a local path with a fingerprint of its files (an edit changes it), a hub name with its
     revision, the default with its generator version."""
-    if dataset == DEFAULT_DATASET:
-        return f"{dataset} generator={GENERATOR_VERSION} seed={seed}"
+    if dataset in EMBEDDED:
+        return f"{dataset} generator={EMBEDDED[dataset][1]} seed={seed}"
     path = Path(dataset).expanduser()
     if path.exists():
         return f"{path.resolve()} files={path_fingerprint(path)} seed={seed}"

@@ -42,10 +42,12 @@ def grad_accum_steps(r: Recipe, batch_size: int) -> int:
 
 # Facts of the run that some optimizers take as hyperparameters: GoLore switches to random
 # projectors at a fraction of `total_steps`; layer-wise GaLore steps inside the backward of the
-# last of `accumulation_steps` micro-batches. The engine supplies them; a user's own value wins.
-RUN_FACTS = ("total_steps", "accumulation_steps")
+# last of `accumulation_steps` micro-batches; an optimizer's own random choices (BlockLLM's probes,
+# APOLLO's projectors, ...) follow the run's `seed`, so seed runs differ in every random choice.
+# The engine supplies them; a user's own value wins.
+RUN_FACTS = ("total_steps", "accumulation_steps", "seed")
 
 
-def run_hyperparameters(optimizer: str, total_steps: int, accumulation_steps: int) -> dict[str, int]:
-    facts = {"total_steps": total_steps, "accumulation_steps": accumulation_steps}
+def run_hyperparameters(optimizer: str, total_steps: int, accumulation_steps: int, seed: int = 0) -> dict[str, int]:
+    facts = {"total_steps": total_steps, "accumulation_steps": accumulation_steps, "seed": seed}
     return {k: v for k, v in facts.items() if k in optim.spec(optimizer).defaults}

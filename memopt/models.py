@@ -4,7 +4,7 @@ A model name is one of three things: a preset from PRESETS (random init: the
 LLaMA sizes of the benchmark paper, arXiv 2505.22922, and the Qwen2 sizes of
 Qwen's public configs), a local folder written by
 `save_pretrained`, or a hub name such as `distilgpt2` (both loaded pretrained
-and fine-tuned).
+and fine-tuned, or in the pretrain regime their architecture from random init).
 """
 from __future__ import annotations
 
@@ -91,12 +91,17 @@ def build_model(
     vocab_size: int = PAPER_VOCAB_SIZE,
     max_position_embeddings: int = 1024,
     seed: int = 0,
+    pretrained: bool = True,
 ) -> PreTrainedModel:
-    """A preset from random init (seeded), or a pretrained local folder / hub name."""
+    """A preset from random init (seeded), or a local folder / hub name: its pretrained weights, or with
+    `pretrained=False` its architecture from random init (seeded; the pretrain regime)."""
     if is_preset(name):
         torch.manual_seed(seed)
         config = preset_config(name, vocab_size, max_position_embeddings)
         return (Qwen2ForCausalLM if isinstance(config, Qwen2Config) else LlamaForCausalLM)(config)
+    if not pretrained:
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name))
     # safetensors only: pickled weights (pytorch_model.bin) can run code when loaded (memopt/preflight.py says so first)
     return AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
 

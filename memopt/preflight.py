@@ -30,22 +30,27 @@ from memopt.models import (PICKLED_WEIGHTS, PRESETS, build_model, is_local_model
 
 def check(cfg: CompareConfig) -> None:
     _check_model(cfg)
-    try:
-        check_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise ConfigError(f"--dataset: {exc}") from None
+    for name, dataset in (("dataset", cfg.dataset), *([("base_dataset", cfg.base_dataset)] if cfg.makes_base_model else [])):
+        try:
+            check_dataset(dataset)
+        except DatasetError as exc:
+            raise ConfigError(f"--{name}: {exc}") from None
     _check_output_dir(cfg.output_dir)
     _check_tracking_uri(cfg.resolved_tracking_uri())
 
 
 def check_data(cfg: CompareConfig) -> str:
     """Tokenize the comparison's data into its cache (or reuse it there) and check the batch against it;
-    returns the folder. On an error nothing is left behind."""
-    tokenizer = cfg.tokenizer_name()
-    out = tokenized_dir(cfg.cache_dir(), cfg.dataset, tokenizer, cfg.seq_len, cfg.training.seed)
-    check = functools.partial(check_blocks, cfg.training, cfg.dataset, cfg.seq_len)
+    returns the folder. On an error nothing is left behind. A base model to make first (the finetune regime on a
+    preset) brings its own tokenizer, which does not exist yet: its pretraining text and batch are checked here (the
+    base task finds them tokenized), the task data once the base is made (flows/compare.py)."""
+    tokenizer, dataset, training = cfg.tokenizer_name(), cfg.dataset, cfg.training
+    if cfg.makes_base_model:
+        dataset, training = cfg.base_dataset, training.model_copy(update={"total_batch_size": 0, "max_steps": cfg.base_steps})
+    out = tokenized_dir(cfg.cache_dir(), dataset, tokenizer, cfg.seq_len, cfg.training.seed)
+    check = functools.partial(check_blocks, training, dataset, cfg.seq_len)
     try:
-        return str(tokenize_dataset(cfg.dataset, tokenizer, cfg.seq_len, out, seed=cfg.training.seed, check=check).root)
+        return str(tokenize_dataset(dataset, tokenizer, cfg.seq_len, out, seed=cfg.training.seed, check=check).root)
     except ConfigError:
         raise
     except DatasetError as exc:

@@ -1,10 +1,30 @@
-"""MLflow logging for the training process, off the training thread.
+"""MLflow logging for the training process (off the training thread), and the runs of a comparison.
 
 A synchronous MLflow call costs about 8 ms on sqlite here; one `log_batch` of
 hundreds of metrics costs about the same. So metrics go into a queue and a
 background thread sends them in batches. Logging is idempotent by step: on a
 resume, every (key, step) already in the store is skipped, so each step's
 metrics appear exactly once however often the process was killed.
+
+The runs of one comparison, in experiment `memopt`; each arrow is MLflow's own `mlflow.parentRunId`
+tag, and `memopt.role` (vocabulary.Role) says what a run is:
+
+    parent (the comparison: config_json, memopt.regime, memopt.base_model / memopt.base_model_id)
+    ├── base-model        role base: the finetune regime's base model on a preset, pretrained with AdamW
+    │                     (only under the comparison that made it; later ones reuse it from the cache and
+    │                     name it in their parent's tags; it is logged as an MLflow model, a LoggedModel)
+    └── METHOD            role method, one per method (`child_runs`): the method's result. Params lr_grid,
+        │                 chosen_lr, lr_source, seeds; tag memopt.lr_on_grid_edge. Metrics: over its seed
+        │                 runs, KEY is the mean and KEY_std / KEY_min / KEY_max the spread (Metric.over_seeds;
+        │                 final_val_loss, tokens_per_s, peak_rss_mb, ...: `SEED_METRICS`), tokens_per_s being
+        │                 each seed run's whole-run throughput (`throughput`), initial_val_loss the step-0 loss
+        ├── METHOD lr=X   role trial, tag memopt.trial_lr = repr(X): a short training run of the sweep
+        │                 (sweep_steps); its score is its last val_loss
+        └── METHOD seed=S role seed, tag memopt.seed = S: a full training run at the chosen lr, evaluated
+                          (final_val_loss, answer_accuracy, ...); its own histories, memory samples, model
+
+Trial and seed runs are training runs like any other (params lr and seed, every step's metrics, the
+model as artifacts); their folders are runs/PARENT/METHOD/trial-lr{X}/ and runs/PARENT/METHOD/seed-{S}/.
 """
 from __future__ import annotations
 
@@ -13,6 +33,7 @@ import getpass
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -29,8 +50,11 @@ from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFL
 from memopt.config import CompareConfig
 from memopt.environment import environment
 from memopt.links import mlflow_ui, run_url
-from memopt.vocabulary import (CONFIG_PARAM, EXPERIMENT, EXPERIMENT_KIND, MODEL_TRAINING_KIND, SUMMARY_METRICS, Tag,
+from memopt.stats import spread
+from memopt.vocabulary import (CONFIG_PARAM, EXPERIMENT, EXPERIMENT_KIND, MODEL_TRAINING_KIND, SUMMARY_METRICS, Role, Tag,
                                summary_metric)
+from memopt.vocabulary import Metric as Key
+from memopt.vocabulary import Param as ParamName
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAM_LENGTH = 6000
@@ -200,16 +224,31 @@ def open_comparison(client: MlflowClient, cfg: CompareConfig, mlflow_run_id: str
     return parent
 
 
+def nested_runs(client: MlflowClient, parent_run_id: str, role: Role | None = None) -> list["mlflow.entities.Run"]:
+    """The runs whose parent is `parent_run_id` (with `role`: those of that role), oldest first."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    where = f"tags.`{Tag.PARENT}` = '{parent_run_id}'" + (f" and tags.`{Tag.ROLE}` = '{role}'" if role else "")
+    return client.search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time ASC"],
+                              max_results=1000)
+
+
 def child_runs(client: MlflowClient, parent_run_id: str) -> dict[str, "mlflow.entities.Run"]:
     """The method's newest child run under the parent, by method name."""
+    return {r.data.tags[Tag.METHOD]: r for r in nested_runs(client, parent_run_id)
+            if Tag.METHOD in r.data.tags and r.data.tags.get(Tag.ROLE, Role.METHOD) == Role.METHOD}
+
+
+def nested_run(client: MlflowClient, parent_run_id: str, role: Role, name: str, tags: dict[str, str],
+               description: str = "") -> "mlflow.entities.Run":
+    """The run under `parent_run_id` with `role` and `tags` (a retry or resume continues it), or a new one with its
+    parent's source tags (entry point, git commit) and `description` (Markdown) when given."""
+    for run in nested_runs(client, parent_run_id, role):
+        if all(run.data.tags.get(k) == v for k, v in tags.items()):
+            return run
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{Tag.PARENT}` = '{parent_run_id}'",
-        order_by=["attributes.start_time ASC"],
-        max_results=1000,
-    )
-    return {r.data.tags[Tag.METHOD]: r for r in runs if Tag.METHOD in r.data.tags}
+    source = {k: v for k, v in parent.data.tags.items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
+    return client.create_run(parent.info.experiment_id, run_name=name, tags={
+        **source, Tag.PARENT: parent_run_id, Tag.ROLE: role, **tags, **({Tag.DESCRIPTION: description} if description else {})})
 
 
 def child_run(client: MlflowClient, parent_run_id: str, method: str, ui: str = "") -> "mlflow.entities.Run":
@@ -218,15 +257,114 @@ def child_run(client: MlflowClient, parent_run_id: str, method: str, ui: str = "
     existing = child_runs(client, parent_run_id).get(method)
     if existing is not None:
         return existing
-    parent = client.get_run(parent_run_id)
-    tags = {k: v for k, v in parent.data.tags.items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
+    tags = {Tag.METHOD: method}
+    regime = client.get_run(parent_run_id).data.tags.get(Tag.REGIME)
+    description = ""
     if ui:
+        parent = client.get_run(parent_run_id)
         link = f"[{parent.info.run_name}]({run_url(ui, parent.info.experiment_id, parent_run_id)})"
-        tags[Tag.DESCRIPTION] = (f"`{method}` in the comparison {link}: the final model in `model/`, its plots in "
-                                 f"`plots/`, what its training process was told in `train_config.json`.")
-    return client.create_run(
-        parent.info.experiment_id, run_name=method, tags={**tags, Tag.PARENT: parent_run_id, Tag.METHOD: method}
-    )
+        description = (f"`{method}` in the comparison {link}: its result over its seed runs (nested under it, each "
+                       "with its model, its plots in `plots/` and its `train_config.json`), its lr sweep's trials.")
+    return nested_run(client, parent_run_id, Role.METHOD, method, {**tags, **({Tag.REGIME: regime} if regime else {})},
+                      description)
+
+
+def seed_runs(client: MlflowClient, method_run_id: str) -> list["mlflow.entities.Run"]:
+    """A method's seed runs, by seed."""
+    return sorted(nested_runs(client, method_run_id, Role.SEED), key=lambda r: int(r.data.tags[Tag.SEED]))
+
+
+def trial_runs(client: MlflowClient, method_run_id: str) -> list["mlflow.entities.Run"]:
+    """A method's sweep trials, by learning rate."""
+    return sorted(nested_runs(client, method_run_id, Role.TRIAL), key=lambda r: float(r.data.tags[Tag.TRIAL_LR]))
+
+
+def log_params_once(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    """Log the params the run does not have yet (a resume logs nothing twice; params cannot change)."""
+    existing = client.get_run(run_id).data.params
+    fresh = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if str(k) not in existing]
+    for i in range(0, len(fresh), 100):
+        client.log_batch(run_id, params=fresh[i : i + 100])
+
+
+# --- A method's result over its seed runs ----------------------------------------------------------
+
+# Summarized as mean and spread (Metric.over_seeds); every other final metric of the seed runs as the mean.
+SEED_METRICS = (Key.FINAL_VAL_LOSS, Key.TOKENS_PER_S, Key.PEAK_RSS_MB, Key.FINAL_VAL_PERPLEXITY, Key.ANSWER_ACCURACY)
+MEAN_ONLY = (Key.TRAIN_LOSS, Key.VAL_LOSS, Key.INITIAL_VAL_LOSS, Key.RSS_AT_START_MB, Key.OPTIMIZER_STATE_BYTES,
+             Key.EXPECTED_STATE_BYTES, Key.TRAINABLE_PARAMS, Key.CUDA_PEAK_ALLOCATED_MB)
+
+
+def throughput(client: MlflowClient, run: "mlflow.entities.Run") -> float | None:
+    """Tokens per second of a training run's steps: the global batch's tokens of every step ÷ their summed
+    `step_time_s` (forward, backward, optimizer step)."""
+    step_times = [m.value for m in client.get_metric_history(run.info.run_id, Key.STEP_TIME_S)]
+    params = run.data.params
+    tokens = int(params.get(ParamName.GLOBAL_BATCH_SIZE, 0)) * int(params.get(ParamName.SEQ_LEN, 0)) * len(step_times)
+    return tokens / sum(step_times) if tokens and sum(step_times) > 0 else None
+
+
+def seed_values(client: MlflowClient, runs: list["mlflow.entities.Run"]) -> dict[str, list[float]]:
+    """{metric: [value per seed run]} for SEED_METRICS and MEAN_ONLY (tokens_per_s: `throughput`)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        metrics = {**run.data.metrics, Key.TOKENS_PER_S: throughput(client, run)}
+        initial = [m.value for m in client.get_metric_history(run.info.run_id, Key.VAL_LOSS) if m.step == 0]
+        metrics[Key.INITIAL_VAL_LOSS] = initial[0] if initial else None
+        for key in (*SEED_METRICS, *MEAN_ONLY):
+            if metrics.get(key) is not None:
+                values[key].append(float(metrics[key]))
+    return dict(values)
+
+
+def log_seed_summary(client: MlflowClient, method_run_id: str, runs: list["mlflow.entities.Run"], step: int) -> None:
+    """The method's result on its run: each metric's mean over `runs` under its own name, and for
+    SEED_METRICS its std, min and max (Metric.over_seeds)."""
+    metrics: dict[str, float] = {}
+    for key, values in seed_values(client, runs).items():
+        try:
+            s = spread(values)
+        except ValueError:  # nothing finite (a NaN loss): no summary for this metric
+            continue
+        metrics[key] = s.mean
+        if key in SEED_METRICS:
+            metrics.update({Key.over_seeds(key, "std"): s.std, Key.over_seeds(key, "min"): s.min,
+                            Key.over_seeds(key, "max"): s.max})
+    logged = client.get_run(method_run_id).data.metrics  # a resume that summarizes again logs nothing twice
+    now = int(time.time() * 1000)
+    client.log_batch(method_run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if k not in logged])
+
+
+def log_model(client: MlflowClient, run_id: str, model_dir: str | Path, name: str = "model", step: int = 0) -> str:
+    """The save_pretrained folder `model_dir` (model and tokenizer) as an MLflow model of the transformers
+    flavour: a LoggedModel whose source is `run_id`, loadable with `mlflow.transformers.load_model(
+    "models:/ID")` or, for the name "model", `runs:/RUN/model`. By run id, not through an active run (per thread
+    in MLflow). `step`: the run's step the model is the output of. Returns the model id."""
+    import mlflow.transformers
+    import torch
+    import transformers
+    from mlflow.entities import LoggedModelOutput
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    # Given, not inferred: inference imports the model in a subprocess (seconds) to find what it needs.
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+    flavour_log = logging.getLogger("mlflow.transformers")
+    level = flavour_log.level
+    flavour_log.setLevel(logging.ERROR)  # no hub model card or licence to find here: not news
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "model"
+            mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, str(saved), task="text-generation",
+                                           pip_requirements=requirements)
+            experiment_id = client.get_run(run_id).info.experiment_id
+            logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+            client.log_model_artifacts(logged.model_id, str(saved))
+    finally:
+        flavour_log.setLevel(level)
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    return logged.model_id
 
 
 def log_method_summary(client: MlflowClient, parent_run_id: str, method: str, run_id: str) -> None:
@@ -239,9 +377,12 @@ def log_method_summary(client: MlflowClient, parent_run_id: str, method: str, ru
 
 
 def kill_comparison(client: MlflowClient, parent: str, reason: str) -> None:
-    """A comparison stopped (a signal, a cancellation): its unfinished child runs and the parent end KILLED, tagged
-    with `reason`. Under `mlflow run` that ends the parent from our exit code, it ends FAILED there afterwards."""
-    for run in child_runs(client, parent).values():
+    """A comparison stopped (a signal, a cancellation): its unfinished runs (the methods', their trials' and seed
+    runs', the base model's) and the parent end KILLED, tagged with `reason`. Under `mlflow run` that ends the parent
+    from our exit code, it ends FAILED there afterwards."""
+    runs = nested_runs(client, parent)
+    runs += [run for child in runs if child.info.status == "RUNNING" for run in nested_runs(client, child.info.run_id)]
+    for run in runs:
         if run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, Tag.STOPPED_BY, reason)
             client.set_terminated(run.info.run_id, "KILLED")
@@ -289,42 +430,6 @@ def fail_mlflow_run(reason: str) -> None:
 
 
 # --- Models (the run links are memopt.links) ---------------------------------------------------
-
-
-class _NoHubLookups(logging.Filter):
-    """Our models are trained here, not taken from the hub: MLflow's hub model card and license lookups have
-    nothing to find, and their warnings would come with every model."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not message.startswith(("The model card could not be retrieved", "Unable to find license information"))
-
-
-def log_model(tracking_uri: str, run_id: str, folder: Path, step: int) -> str:
-    """Log the save_pretrained model in `folder` (with its tokenizer) as the run's MLflow model `model`
-    (transformers flavour, text generation): `mlflow.transformers.load_model("runs:/RUN/model")` loads it.
-    Returns its model id. Uses MLflow's fluent store settings: call it from a process of its own."""
-    import mlflow.transformers
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    mlflow.set_tracking_uri(tracking_uri)
-    # the logged model belongs to the run's experiment (MLflow takes the active one otherwise)
-    mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
-    model = {"model": AutoModelForCausalLM.from_pretrained(folder), "tokenizer": AutoTokenizer.from_pretrained(folder)}
-    quiet = _NoHubLookups()
-    logger = logging.getLogger("mlflow.transformers")
-    logger.addFilter(quiet)
-    try:
-        info = mlflow.transformers.log_model(
-            model, name="model", task="text-generation", run_id=run_id, step=step,
-            # what it needs, stated: inferring it would load the model once more in a subprocess
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
-        )
-    finally:
-        logger.removeFilter(quiet)
-    return info.model_id
 
 
 def run_model_id(client: MlflowClient, run_id: str) -> str | None:

@@ -88,7 +88,7 @@ class Trainer:
         cuda_before_model = torch.cuda.memory_allocated() if world.device.type == "cuda" else 0
         self.model = self._build_model()
         self.hp = {
-            **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches),
+            **run_hyperparameters(self.recipe.optimizer, self.steps, self.micro_batches, self.opts.seed),
             **cfg.method_args,
             **({"lr": self.opts.lr} if self.opts.lr is not None else {}),
         }
@@ -114,7 +114,8 @@ class Trainer:
         self._resume()
 
     def _build_model(self) -> torch.nn.Module:
-        model = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed)
+        model = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed,
+                            pretrained=not self.cfg.random_init)
         model = model.to(self.world.device, DTYPES[self.opts.dtype])
         if self.recipe.gradient_checkpointing:
             # DDP needs the non-reentrant form (the reentrant one marks parameters ready twice)
@@ -207,7 +208,7 @@ class Trainer:
             first = self.step + 1  # the state's size is logged at the first step this process runs, a resume's too
             # the breakdown: step 2, once the state exists and past BlockLLM's one-off first selection
             self.memory.at_step = max(first, min(2, self.steps))
-            if self.step == 0:
+            if self.step == 0 and self.cfg.evaluate_at_start:
                 self.evaluate()
             progress = ProgressReporter(self.steps, self.step, self.opts.progress_every,
                                         self.global_batch * self.train_blocks.shape[1])
@@ -339,7 +340,7 @@ class Trainer:
             self.export(final)
         self.log.flush()
         if tracking.run_model_id(self.log.client, self.cfg.run_id) is None:  # a resume after the end: logged already
-            tracking.log_model(self.cfg.tracking_uri, self.cfg.run_id, final, self.steps)
+            tracking.log_model(self.log.client, self.cfg.run_id, final, step=self.steps)
 
     def export(self, folder: Path) -> None:
         """save_pretrained into a temporary folder renamed into place: a kill leaves the previous export whole."""
@@ -355,7 +356,7 @@ class Trainer:
         back into dense weights, so the exported model loads anywhere."""
         if not any(hasattr(m, "dense_weight") for m in self.model.modules()):
             return self.model
-        dense = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed)
+        dense = build_model(self.cfg.model_name, vocab_size=self.data.vocab_size, seed=self.opts.seed, pretrained=False)
         dense = dense.to(DTYPES[self.opts.dtype])
         dense.load_state_dict(merged_state_dict(self.model))
         return dense

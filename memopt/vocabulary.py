@@ -10,6 +10,15 @@ CONFIG_PARAM = "config_json"  # the parent's whole configuration, read back by -
 EXPERIMENT_KIND, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's experiment tag
 
 
+class Role(StrEnum):
+    """What a run of a comparison is (the tag `Tag.ROLE`; memopt/tracking.py draws the tree)."""
+
+    METHOD = "method"  # one per method under the parent: the method's result over its seeds
+    TRIAL = "trial"  # one per learning rate of the method's sweep, under the method's run
+    SEED = "seed"  # one per seed of the method's final configuration, under the method's run
+    BASE = "base"  # the fine-tune regime's base model, pretrained with AdamW, under the parent that made it
+
+
 class Tag(StrEnum):
     PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests children under the parent
     METHOD = "memopt.method"
@@ -26,6 +35,14 @@ class Tag(StrEnum):
     PREFECT_FLOW_RUN = "memopt.prefect_flow_run_id"
     DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's Description (Markdown)
     RANKS_IN_SYNC = "memopt.ranks_in_sync"
+    ROLE = "memopt.role"  # a Role
+    TRIAL_LR = "memopt.trial_lr"  # on a trial: its learning rate, repr(float)
+    SEED = "memopt.seed"  # on a seed run: its seed
+    REGIME = "memopt.regime"  # on the parent and each method's run: pretrain or finetune
+    LR_ON_EDGE = "memopt.lr_on_grid_edge"  # on a method's run: "lowest"/"highest" when the chosen lr is a grid end
+    BASE_MODEL = "memopt.base_model"  # on the parent: the folder of the base model its methods fine-tuned
+    BASE_MODEL_ID = "memopt.base_model_id"  # on the parent: that base model's MLflow LoggedModel id
+    BASE_KEY = "memopt.base_key"  # on a base run: the digest of what the base model depends on
     ENVIRONMENT = "memopt.env."  # prefix: the comparison's environment (memopt/environment.py), one tag per fact
 
     @staticmethod
@@ -55,6 +72,7 @@ class Metric(StrEnum):
     BEST_STEP = "best_step"
     # the evaluate task, on the final model and the whole validation split (the val_* above read eval_batches)
     FINAL_VAL_LOSS = "final_val_loss"
+    INITIAL_VAL_LOSS = "initial_val_loss"  # on a method's run: the mean over its seed runs of val_loss at step 0
     FINAL_VAL_PERPLEXITY = "final_val_perplexity"
     ANSWER_ACCURACY = "answer_accuracy"
 
@@ -66,6 +84,11 @@ class Metric(StrEnum):
     @staticmethod
     def peak_rss_mb_rank(rank: int) -> str:
         return f"peak_rss_mb_rank{rank}"
+
+    @staticmethod
+    def over_seeds(key: str, statistic: str) -> str:
+        """On a method's run: `statistic` (std, min, max) of `key` over its seed runs; the mean is `key` itself."""
+        return f"{key}_{statistic}"
 
     @staticmethod
     def memory_part(part: str, estimate: bool = False) -> str:
@@ -107,3 +130,9 @@ class Param(StrEnum):
     GLOBAL_BATCH_SIZE = "global_batch_size"
     SEQ_LEN = "seq_len"
     STEPS_PER_EPOCH = "steps_per_epoch"
+    SEED = "seed"
+    # on a method's run
+    LR_GRID = "lr_grid"  # the learning rates its sweep tried, comma-separated
+    CHOSEN_LR = "chosen_lr"  # the lr its seed runs trained at
+    LR_SOURCE = "lr_source"  # where that lr came from: sweep, --lr, method_args, or the method's default
+    SEEDS = "seeds"  # its seed runs' seeds, comma-separated

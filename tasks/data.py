@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 
 from memopt.blocks import TokenizedData, is_complete, tokenize_dataset, tokenized_dir, tokenized_key
 from memopt.config import CompareConfig, TrainingOptions
+from memopt.models import is_preset
 from memopt.preflight import check_blocks
 
 # MLflow's dataset contexts for the two tokenized splits.
@@ -73,10 +74,12 @@ def tokenize(
     return str(data.root)
 
 
-def tokenize_for(config: CompareConfig) -> str:
-    """`tokenize` for a comparison: its data, tokenizer, seq_len and seed, checked against its batch. A cached result
-    whose folder was deleted since is refreshed, so the path returned always holds the tokens."""
-    tokenizer, cache, seed = config.tokenizer_name(), config.cache_dir(), config.training.seed
+def tokenize_for(config: CompareConfig, model_name: str | None = None) -> str:
+    """`tokenize` for a comparison: its data, the tokenizer of `model_name` (default: the comparison's model; a
+    base model's once it is made), seq_len and seed, checked against its batch. A cached result whose folder was
+    deleted since is refreshed, so the path returned always holds the tokens."""
+    tokenizer = config.tokenizer_name() if model_name is None else None if is_preset(model_name) else model_name
+    cache, seed = config.cache_dir(), config.training.seed
     gone = not is_complete(tokenized_dir(cache, config.dataset, tokenizer, config.seq_len, seed))
     return tokenize.with_options(refresh_cache=gone)(config.dataset, tokenizer, config.seq_len, cache, seed,
                                                      training=config.training)

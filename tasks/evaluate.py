@@ -13,6 +13,7 @@ from memopt.blocks import TokenizedData
 from memopt.evaluation import answer_accuracy, perplexity, validation_loss
 from memopt.tracking import run_model_id
 from memopt.vocabulary import Metric
+from tasks.data import log_dataset_inputs
 
 
 @task(name="evaluate")
@@ -36,6 +37,7 @@ def evaluate(
     if accuracy is not None:
         metrics[Metric.ANSWER_ACCURACY] = accuracy
     client = MlflowClient(tracking_uri)
+    log_dataset_inputs(data, run_id, tracking_uri)  # the datasets of the run that trained the model
     # each metric tied to the logged model and the split it was measured on: MLflow links the model to the dataset
     validation, model_id = data.to_mlflow_dataset("validation"), run_model_id(client, run_id)
     for key, value in metrics.items():

@@ -54,6 +54,6 @@ def compare(tracking_uri: str, parent_run_id: str, output_dir: str, parent_url: 
     create_link_artifact(url, link_text=f"MLflow parent run {parent_run_id}", key="mlflow-parent-run")
     best = report.best()
     if register_model_name and best is not None:
-        version = register_model(client, register_model_name, best.run_id)
+        version = register_model(client, register_model_name, best.trained_run_id)
         get_run_logger().info("registered %s's model as %s version %s", best.method, register_model_name, version.version)
     return str(out / TABLE)

@@ -14,6 +14,7 @@ passes through.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -61,8 +62,11 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 def watch(proc: subprocess.Popen, method: str, run_url: str) -> None:
     """Read the process's output to its end: progress lines to the log and, in a task run, to the progress
     artifact; the rest through. Nothing here may stop the reading: a process that writes into a closed pipe dies."""
-    log, in_task = _logger(), TaskRunContext.get() is not None
+    log, context = _logger(), TaskRunContext.get()
     link = f" ([MLflow run]({run_url}))" if run_url else ""
+    # one artifact per training (a method's trials train side by side): keyed by the task run's name, in the
+    # letters, digits and dashes a key may hold
+    key = re.sub(r"[^a-z0-9-]+", "-", context.task_run.name.lower()) + "-progress" if context else ""
     artifact = None
     for line in proc.stdout:
         values = parse_line(line)
@@ -71,9 +75,9 @@ def watch(proc: subprocess.Popen, method: str, run_url: str) -> None:
             continue
         log.info(describe(method, values))
         try:
-            if in_task:
+            if context:
                 artifact = artifact or create_progress_artifact(
-                    0.0, key=f"{method}-progress", description=f"{method}: the share of its training steps done{link}")
+                    0.0, key=key, description=f"{method}: the share of its training steps done{link}")
                 update_progress_artifact(artifact, percent(values))
         except Exception as exc:  # noqa: BLE001 (the Prefect API: showing progress must not stop the training)
             log.warning("%s: progress artifact not updated: %s", method, exc)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import typing
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pydantic.fields import FieldInfo
 
 from flows.compare import compare_optimizers, parse_args
 from memopt.cli import TABLE_END, TABLE_START, parameter_table
-from memopt.config import INT64_MAX, WHY_BOUND, CompareConfig, ConfigError, TrainConfig, TrainingOptions
+from memopt.config import INT64_MAX, WHY_BOUND, CompareConfig, ConfigError, TrainConfig, TrainingOptions, as_logged_before_regimes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,9 @@ def _bounds(info: FieldInfo) -> dict[str, float]:
 
 
 def _number_type(info: FieldInfo) -> type | None:
+    """int or float for a number parameter (a list of numbers, e.g. --lr_grid, has its own tests)."""
+    if typing.get_origin(info.annotation) in (list, dict):
+        return None
     text = str(info.annotation)
     return int if "int" in text else float if "float" in text else None
 
@@ -98,9 +102,9 @@ def test_every_numeric_parameter_given_a_word_is_one_line(name):
 
 
 def test_flat_nested_and_command_line_forms_are_one_configuration():
-    flat = CompareConfig(methods=["adamw"], batch_size=4, max_steps=3)
-    nested = CompareConfig(methods=["adamw"], training={"batch_size": 4, "max_steps": 3})
-    typed = parse_args(["--methods", "adamw", "--batch_size", "4", "--training.max_steps", "3"])
+    flat = CompareConfig(methods=["adamw"], batch_size=4, max_steps=3, sweep_steps=2)
+    nested = CompareConfig(methods=["adamw"], training={"batch_size": 4, "max_steps": 3}, sweep_steps=2)
+    typed = parse_args(["--methods", "adamw", "--batch_size", "4", "--training.max_steps", "3", "--sweep_steps", "2"])
     assert flat == nested == typed
     assert typed.training.batch_size == 4 and typed.training.max_steps == 3
 
@@ -113,7 +117,8 @@ def test_the_reports_command_line_runs_the_same_configuration_again(tmp_path):
 
     cfg = parse_args(["--methods", "adamw,galore", "--method_args", "galore.update_proj_gap=50,adamw.betas=(0.9,0.95)",
                       "--tracking_uri", f"sqlite:///{tmp_path}/my store.db", "--system_metrics", "true",
-                      "--max_steps", "30", "--register_model_name", "best"])
+                      "--max_steps", "30", "--register_model_name", "best", "--method_lr_grid", "galore=[0.001,0.01]",
+                      "--seeds", "0,1", "--regime", "pretrain"])
     line = command_line(cfg)
     assert line.startswith("python -m flows.compare --methods adamw,galore ") and "--batch_size" not in line
     assert parse_args(shlex.split(line)[3:]) == cfg
@@ -124,15 +129,18 @@ def test_the_logged_configuration_reads_back_and_so_does_an_older_flat_one():
     cfg = parse_args(["--methods", "galore,adamw", "--method_args", "galore.betas=(0.9,0.95)", "--lr", "0.003"])
     back = CompareConfig.model_validate_json(cfg.to_json())
     assert back.model_dump(mode="json") == cfg.model_dump(mode="json")  # JSON has lists where Python had tuples
-    # what a comparison logged as config_json before the training options were nested
+    # what a comparison logged as config_json before the training options were nested, and before regimes,
+    # sweeps and seeds: it is resumed as it began, in the pretrain regime without a sweep
     old = {"methods": ["adamw"], "model_name": "llama-micro", "batch_size": 4, "max_steps": 3, "lr": None,
            "warmup_steps": None, "system_metrics": False, "method_args": {}, "rank": None}
-    read = CompareConfig.model_validate(json.loads(json.dumps(old)))
+    read = CompareConfig.model_validate(as_logged_before_regimes(json.loads(json.dumps(old))))
     assert (read.training.batch_size, read.training.max_steps, read.model_name) == (4, 3, "llama-micro")
+    assert (read.regime, read.sweep_steps, read.final_seeds) == ("pretrain", 0, [0])
+    assert as_logged_before_regimes(json.loads(cfg.to_json())) == json.loads(cfg.to_json()), "a new one is as logged"
 
 
 def test_a_training_process_gets_the_comparisons_options_whole(tmp_path):
-    cfg = CompareConfig(methods=["adamw"], total_batch_size=16, batch_size=4, warmup_steps=2, max_steps=10)
+    cfg = CompareConfig(methods=["adamw"], total_batch_size=16, batch_size=4, warmup_steps=2, max_steps=10, sweep_steps=5)
     process = TrainConfig(method="adamw", model_name="llama-micro", data_dir="d", output_dir="o", run_id="r",
                           tracking_uri="sqlite:///x.db", training=cfg.training)
     process.to_json(tmp_path / "c.json")

@@ -15,7 +15,7 @@ from flows.compare import main
 from memopt import hub
 from memopt.tracking import child_run, open_parent_run
 
-MICRO = ["--model_name", "llama-micro", "--seq_len", "32", "--methods", "adamw"]
+MICRO = ["--model_name", "llama-micro", "--seq_len", "32", "--methods", "adamw", "--regime", "pretrain"]  # the task data, no base model
 
 
 def refused(tmp: Path, capsys, *args: str) -> str:
@@ -70,6 +70,13 @@ def test_a_batch_larger_than_the_data_is_refused_before_any_run(tmp_path, capsys
     error = refused(tmp_path, capsys, *MICRO, "--batch_size", "100000")
     assert error.startswith("error: --batch_size: got 100000; a step's 100000 sequences are more than the ")
     assert "training blocks of 32 tokens in 'memopt/math-synthetic': must be at most " in error
+
+
+def test_the_finetune_regime_checks_its_base_models_text_before_any_run(tmp_path, capsys):
+    # the task data is read with the base model's tokenizer, which only the base model's training makes
+    error = refused(tmp_path, capsys, *MICRO[:-2], "--batch_size", "100000")  # the default regime, finetune
+    assert error.startswith("error: --batch_size: got 100000; a step's 100000 sequences are more than the ")
+    assert "training blocks of 32 tokens in 'memopt/general-synthetic': must be at most " in error
 
 
 def test_a_total_batch_larger_than_the_data_names_total_batch_size(tmp_path, capsys):

@@ -32,68 +32,24 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from safetensors.torch import load_file
 
+from tests.flowtools import (BIN, ROOT, children_by_method, cli_environment, history, kill_group, resumable_step,
+                             report_rows, seed_run, start_flow, training_pids, wait_for)
 from memopt import checkpoint
 from memopt.report import TABLE
 from memopt.tracking import child_runs, run_model_id
 from memopt.vocabulary import Tag
-from tests.helpers import kill_group, start_flow, training_pids, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 STEPS = 12
 # The same training in every comparison here, so that their histories can be compared step by step.
 MICRO = ["--model_name", "llama-micro", "--batch_size", "4", "--seq_len", "32", "--max_steps", str(STEPS),
-         "--eval_every", "3", "--checkpoint_every", "2"]
+         "--eval_every", "3", "--checkpoint_every", "2", "--regime", "pretrain", "--sweep_steps", "0"]
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "sekrit-aws-4f1c9e", "MLFLOW_TRACKING_PASSWORD": "sekrit-mlflow-9b2e7d"}
 
 
 @pytest.fixture(scope="module")
 def cli_env(prefect_server, tmp_path_factory) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    return {
-        **os.environ,
-        **SECRETS,  # in every run's environment: test_no_secret_reaches_mlflow looks for them
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `mlflow run` runs `python -m ...`: this venv's
-        "PYTHONPATH": str(ROOT),
-        "PREFECT_API_URL": PREFECT_API_URL.value(),  # the session's test server, not one per subprocess
-        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path_factory.mktemp("prefect-storage")),  # cached results
-        # A micro model on 2 shared cores: torch's default threads make generation ~18x slower here.
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def resumable_step(ckpt_dir: Path) -> int:
-    """The step a resume continues from: the newest step folder (0: none), which is the one `latest` names or newer.
-    A kill between a checkpoint's rename into place and the update of `latest` leaves the newer one, and
-    checkpoint.resume takes it; read it once the training process is gone."""
-    steps = [int(p.name.removeprefix("step-")) for p in ckpt_dir.glob("step-*") if p.is_dir()]
-    return max(steps, default=0)
-
-
-def children_by_method(client: MlflowClient, parent: str) -> dict[str, list]:
-    """Every child run of `parent` (not only the newest per method), to catch a second run for a method."""
-    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{Tag.PARENT}` = '{parent}'",
-                              run_view_type=ViewType.ALL)
-    found: dict[str, list] = {}
-    for run in runs:
-        found.setdefault(run.data.tags[Tag.METHOD], []).append(run)
-    return found
-
-
-def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
-    """{step: value}; fails if a step was logged twice."""
-    metrics = client.get_metric_history(run_id, key)
-    steps = [m.step for m in metrics]
-    assert len(steps) == len(set(steps)), (key, sorted(steps))
-    return {m.step: m.value for m in metrics}
-
-
-def report_rows(table: str) -> dict[str, str]:
-    """{method: row} of the report's first table (the results; the tables after it are the breakdowns)."""
-    first = table[table.index("\n| "):].split("\n\n")[0]
-    rows = [line.split("|") for line in first.splitlines() if line.startswith("| ")]
-    return {cells[1].strip(): "|".join(cells) for cells in rows if cells[1].strip() not in ("Method", "")}
+    # SECRETS in every run's environment: test_no_secret_reaches_mlflow looks for them
+    return cli_environment(tmp_path_factory, **SECRETS)
 
 
 # ---- a comparison killed part-way, then resumed ------------------------------------------------------
@@ -106,9 +62,9 @@ def resumed(cli_env, tmp_path_factory):
     proc = start_flow([*MICRO, "--methods", "adamw,blockllm", "--retries", "0", "--output_dir", str(out),
                        "--tracking_uri", uri], tmp, cli_env, first_log)
     try:
-        latest = wait_for(lambda: next(out.glob("runs/*/blockllm/checkpoints/latest"), None), proc, first_log,
+        latest = wait_for(lambda: next(out.glob("runs/*/blockllm/seed-0/checkpoints/latest"), None), proc, first_log,
                           "blockllm checkpoint")
-        method_dir = latest.parents[1]
+        method_dir = latest.parents[1]  # the seed run's folder: runs/PARENT/blockllm/seed-0
         train_pids = training_pids(str(method_dir))
         os.kill(proc.pid, signal.SIGKILL)  # the flow process alone: its training process must not outlive it
         proc.wait()
@@ -118,7 +74,7 @@ def resumed(cli_env, tmp_path_factory):
         orphans = training_pids(str(method_dir))
     finally:
         kill_group(proc)  # whatever survived, so that it cannot write into the resume below
-    parent = method_dir.parent.name
+    parent = method_dir.parents[1].name
     client = MlflowClient(uri)
     before = {m: r for m, r in child_runs(client, parent).items()}
     killed_at = resumable_step(method_dir / "checkpoints")
@@ -151,11 +107,12 @@ def test_resume_skips_the_finished_method_and_finishes_the_other_in_its_own_run(
     assert adamw.info.end_time == resumed.before["adamw"].info.end_time, "the finished method was left alone"
     assert blockllm.info.run_id == resumed.before["blockllm"].info.run_id
     assert blockllm.info.status == "FINISHED"
-    assert int(blockllm.data.tags["memopt.resumed_from_step"]) == resumed.killed_at
+    trained = seed_run(client, parent, "blockllm")
+    assert int(trained.data.tags["memopt.resumed_from_step"]) == resumed.killed_at
     for key in ("train_loss", "grad_norm", "lr"):
-        assert sorted(history(client, blockllm.info.run_id, key)) == list(range(1, STEPS + 1)), key
-    assert sorted(history(client, blockllm.info.run_id, "val_loss")) == [0, 3, 6, 9, 12]
-    assert {"final_val_loss", "final_val_perplexity"} <= set(blockllm.data.metrics)
+        assert sorted(history(client, trained.info.run_id, key)) == list(range(1, STEPS + 1)), key
+    assert sorted(history(client, trained.info.run_id, "val_loss")) == [0, 3, 6, 9, 12]
+    assert {"final_val_loss", "final_val_perplexity"} <= set(blockllm.data.metrics) & set(trained.data.metrics)
     assert client.get_run(parent).info.status == "FINISHED"
     rows = report_rows((resumed.out / TABLE).read_text())
     assert sorted(rows) == ["adamw", "blockllm"] and all("FINISHED" in row for row in rows.values()), rows
@@ -192,9 +149,9 @@ def two_at_once(cli_env, tmp_path_factory):
     a = start_flow([*common, "--methods", "blockllm,adamw,galore", "--retries", "1"], tmp, cli_env, log_a)
     b = start_flow([*common, "--methods", "blockllm", "--retries", "0"], tmp, cli_env, log_b)
     try:
-        adamw_dir = wait_for(lambda: next(out.glob("runs/*/adamw"), None), a, log_a, "adamw's folder")
+        adamw_dir = wait_for(lambda: next(out.glob("runs/*/adamw/seed-0"), None), a, log_a, "adamw's folder")
         (adamw_dir / "checkpoints").write_text("not a folder")
-        galore_ckpts = wait_for(lambda: next(out.glob("runs/*/galore/checkpoints"), None), a, log_a, "galore's folder")
+        galore_ckpts = wait_for(lambda: next(out.glob("runs/*/galore/seed-0/checkpoints"), None), a, log_a, "galore's folder")
         config = str(galore_ckpts.parent / "train_config.json")
         kills = []
         for attempt in range(2):  # the first attempt, then Prefect's retry
@@ -224,12 +181,12 @@ def test_two_comparisons_at_once_both_finish_whole(two_at_once):
     for parent, methods in ((t.a, ["adamw", "blockllm", "galore"]), (t.b, ["blockllm"])):
         runs = children_by_method(client, parent)
         assert sorted(runs) == methods and all(len(r) == 1 for r in runs.values()), (parent, runs)
-        blockllm = runs["blockllm"][0]
-        assert blockllm.info.status == "FINISHED"
+        assert runs["blockllm"][0].info.status == "FINISHED"
+        blockllm = seed_run(client, parent, "blockllm")
         for key in ("train_loss", "lr", "grad_norm"):
             assert sorted(history(client, blockllm.info.run_id, key)) == list(range(1, STEPS + 1)), key
-        # Each child's model is its own: the run's logged model holds the very weights its process wrote.
-        local = load_file(t.out / "runs" / parent / "blockllm" / "final" / "model.safetensors")
+        # Each training run's model is its own: its logged model holds the very weights its process wrote.
+        local = load_file(t.out / "runs" / parent / "blockllm" / "seed-0" / "final" / "model.safetensors")
         model = client.get_logged_model(run_model_id(client, blockllm.info.run_id))
         logged = load_file(mlflow.artifacts.download_artifacts(
             artifact_uri=f"{model.artifact_location}/model/model.safetensors", dst_path=str(t.tmp / parent),
@@ -249,7 +206,7 @@ def test_same_seed_same_metrics(two_at_once, resumed):
     histories = []
     for client, parent in ((two_at_once.client, two_at_once.a), (two_at_once.client, two_at_once.b),
                            (resumed.client, resumed.parent)):
-        run_id = child_runs(client, parent)["blockllm"].info.run_id
+        run_id = seed_run(client, parent, "blockllm").info.run_id
         histories.append({key: history(client, run_id, key) for key in ("train_loss", "val_loss")})
     assert len(histories[0]["train_loss"]) == STEPS
     assert histories[0] == histories[1] == histories[2]
@@ -265,19 +222,22 @@ def test_an_exception_in_training_fails_its_method_alone_after_its_retry(two_at_
     assert "error: not every method finished: adamw, galore failed" in t.log_a.read_text()
     [adamw] = children_by_method(client, t.a)["adamw"]
     assert adamw.info.status == "FAILED"
-    assert adamw.data.tags["memopt.failure_reason"].startswith("FileExistsError"), adamw.data.tags
+    reason = seed_run(client, t.a, "adamw").data.tags["memopt.failure_reason"]
+    assert reason.startswith("FileExistsError"), reason
+    assert adamw.data.tags["memopt.failure_reason"] == f"seed 0: {reason}"
     flow_run_id = uuid.UUID(client.get_run(t.a).data.tags[Tag.PREFECT_FLOW_RUN])
     with get_client(sync_client=True) as prefect:
         task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)  # the server needs both
     attempts = {r.name: r.run_count for r in task_runs if r.name.startswith("train-")}
-    assert attempts == {"train-blockllm": 1, "train-adamw": 2, "train-galore": 2}, attempts
+    assert attempts == {"train-blockllm-seed0": 1, "train-adamw-seed0": 2, "train-galore-seed0": 2}, attempts
     assert "adamw" in report_rows((t.out / "runs" / t.a / "report" / TABLE).read_text())
 
 
 def test_a_killed_training_process_is_retried_into_the_same_run_then_fails_with_its_reason(two_at_once):
     t, client = two_at_once, two_at_once.client
-    [galore] = children_by_method(client, t.a)["galore"]
+    assert children_by_method(client, t.a)["galore"][0].info.status == "FAILED"
+    galore = seed_run(client, t.a, "galore")
     assert galore.info.status == "FAILED"
     assert galore.data.tags["memopt.failure_reason"].startswith("training process killed by SIGKILL")
     first_kill, second_kill = t.kills
@@ -353,9 +313,9 @@ def test_checkpoints_load_weights_only(tmp_path):
 
 def test_weights_are_safetensors(resumed):
     client = resumed.client
-    for method, run in child_runs(client, resumed.parent).items():
-        # the run's logged model, by its id: MLflow resolves a run's `model` path through its global store
-        model_id, names, folders = run_model_id(client, run.info.run_id), set(), [None]
+    for method in child_runs(client, resumed.parent):
+        # the seed run's logged model, by its id: MLflow resolves a run's `model` path through its global store
+        model_id, names, folders = run_model_id(client, seed_run(client, resumed.parent, method).info.run_id), set(), [None]
         while folders:
             for a in client.list_logged_model_artifacts(model_id, folders.pop()):
                 if a.is_dir:
@@ -364,5 +324,5 @@ def test_weights_are_safetensors(resumed):
                     names.add(Path(a.path).name)
         assert "model.safetensors" in names, (method, names)
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], (method, names)
-    for ckpt in resumed.out.glob("runs/*/*/checkpoints/step-*"):
+    for ckpt in resumed.out.glob("runs/*/*/seed-*/checkpoints/step-*"):
         assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "trainer_state.pt"]

@@ -286,19 +286,20 @@ def mlflow_server(tmp_path):
 
 def test_the_flow_runs_against_a_tracking_server(prefect_server, mlflow_server, tmp_path):
     from flows.compare import compare_optimizers
-    from memopt.tracking import child_runs
+    from memopt.tracking import child_runs, seed_runs
 
     url, artifacts = mlflow_server
     statuses = compare_optimizers(CompareConfig(
         methods=["adamw"], model_name="llama-micro", batch_size=2, total_batch_size=4, seq_len=32, max_steps=3,
         eval_every=1, checkpoint_every=3, metric_for_best_model="val_loss", output_dir=str(tmp_path / "results"),
-        tracking_uri=url,
+        tracking_uri=url, regime="pretrain", sweep_steps=0,
     ))
     assert statuses == {"adamw": "FINISHED"}
     client = MlflowClient(url)
     [parent] = client.search_runs([client.get_experiment_by_name("memopt").experiment_id],
                                   filter_string="tags.`mlflow.parentRunId` IS NULL")
-    child = child_runs(client, parent.info.run_id)["adamw"]
+    assert child_runs(client, parent.info.run_id)["adamw"].info.status == "FINISHED"
+    child = seed_runs(client, child_runs(client, parent.info.run_id)["adamw"].info.run_id)[0]  # the training run
     assert child.info.status == "FINISHED"
     assert child.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     assert child.data.params["grad_accum_steps"] == "2" and "best_step" in child.data.metrics
@@ -335,7 +336,8 @@ def test_a_worker_runs_the_deployed_flow_from_its_pool(prefect_server, tmp_path)
     assert run_coro_as_sync(read_pool()).concurrency_limit == 1
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = {"methods": ["adamw"], "model_name": "llama-micro", "seq_len": 32, "output_dir": str(tmp_path / "results"),
-              "tracking_uri": uri, "training": {"batch_size": 2, "max_steps": 2, "eval_every": 2, "checkpoint_every": 2}}
+              "tracking_uri": uri, "regime": "pretrain", "sweep_steps": 0,
+              "training": {"batch_size": 2, "max_steps": 2, "eval_every": 2, "checkpoint_every": 2}}
     parameters = {"config": config}
     flow_run = run_deployment("compare-optimizers/compare-test", parameters=parameters, timeout=0)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -351,4 +353,4 @@ def test_a_worker_runs_the_deployed_flow_from_its_pool(prefect_server, tmp_path)
     assert state.is_completed(), f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("memopt").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, "the comparison, the method, its seed run"

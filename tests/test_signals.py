@@ -29,11 +29,13 @@ from memopt import checkpoint, preflight
 from memopt.config import CompareConfig
 from memopt.tracking import child_runs
 from memopt.vocabulary import Tag
+from tests.flowtools import seed_run
 from tests.helpers import kill_group, start_flow, training_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 100
-MICRO = dict(model_name="llama-micro", batch_size=4, seq_len=32, eval_every=1000, checkpoint_every=5)
+MICRO = dict(model_name="llama-micro", batch_size=4, seq_len=32, eval_every=1000, checkpoint_every=5, regime="pretrain",
+             sweep_steps=0)
 ARGS = [arg for key, value in MICRO.items() for arg in (f"--{key}", str(value))] + ["--methods", "adamw", "--retries", "0"]
 CASES = {  # how each comparison is stopped: its own step count, the exit code it must end with
     "SIGTERM": (["--max_steps", str(STEPS)], 128 + signal.SIGTERM),
@@ -89,9 +91,9 @@ def stopped(flow_env, tmp_path_factory):
             for case in sorted(pending):
                 r = runs[case]
                 assert r.proc.poll() is None, f"{case}: the flow ended before it was stopped:\n{r.log.read_text()[-3000:]}"
-                latest = next(r.out.glob("runs/*/adamw/checkpoints/latest"), None)
+                latest = next(r.out.glob("runs/*/adamw/seed-*/checkpoints/latest"), None)
                 if latest is not None:
-                    r.method_dir, r.parent = latest.parents[1], latest.parents[2].name
+                    r.method_dir, r.parent = latest.parents[1], latest.parents[3].name
                     _stop(case, r.proc, r.uri, r.parent)
                     pending.discard(case)
             assert time.monotonic() < deadline, {c: runs[c].log.read_text()[-2000:] for c in pending}
@@ -128,7 +130,7 @@ def test_a_stop_ends_the_parent_and_child_runs_killed_with_its_reason(stopped, c
     r = stopped[case]
     parent = r.client.get_run(r.parent)
     [child] = child_runs(r.client, r.parent).values()
-    for run in (parent, child):
+    for run in (parent, child, seed_run(r.client, r.parent, "adamw")):
         assert run.info.status == "KILLED", (run.info.run_name, run.info.status)
         assert run.data.tags[Tag.STOPPED_BY] == case
     assert r.stopped_at > 0, "its latest checkpoint kept"
@@ -148,24 +150,24 @@ def test_a_cancelled_flow_run_ends_cancelled_in_prefect(stopped):
 @pytest.mark.parametrize("case", ["SIGINT", "Prefect cancellation"])
 def test_a_run_longer_than_a_day_says_so_on_its_first_progress_lines(stopped, case):
     r = stopped[case]
-    [child] = child_runs(r.client, r.parent).values()
-    said = child.data.tags[Tag.LONG_RUN]
+    said = seed_run(r.client, r.parent, "adamw").data.tags[Tag.LONG_RUN]
     assert said.startswith(("1,000,000,000 steps at ", "1,104,000,000,000 steps at ")) and "more than a day" in said, said
     assert f"adamw: warning: {said}" in r.log.read_text()
 
 
 def test_resume_finishes_a_comparison_stopped_by_a_signal(stopped, flow_env):
     r = stopped["SIGTERM"]
-    [before] = child_runs(r.client, r.parent).values()
+    before = seed_run(r.client, r.parent, "adamw")
     log = r.tmp / "resume.log"
     proc = subprocess.run([sys.executable, "-m", "flows.compare", "--resume", r.parent, "--tracking_uri", r.uri],
                           cwd=r.tmp, env=flow_env, stdout=log.open("w"), stderr=subprocess.STDOUT, timeout=400)
     assert proc.returncode == 0, log.read_text()[-3000:]
-    [after] = child_runs(r.client, r.parent).values()
-    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    [child] = child_runs(r.client, r.parent).values()
+    after = seed_run(r.client, r.parent, "adamw")
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED" == child.info.status
     assert int(after.data.tags[Tag.RESUMED_FROM_STEP]) == r.stopped_at
     steps = [m.step for m in r.client.get_metric_history(after.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, STEPS + 1)), "every step once, across the stop"
     parent = r.client.get_run(r.parent)
     assert parent.info.status == "FINISHED"
-    assert Tag.STOPPED_BY not in parent.data.tags and Tag.STOPPED_BY not in after.data.tags
+    assert not any(Tag.STOPPED_BY in run.data.tags for run in (parent, child, after))

@@ -2,12 +2,13 @@
 
 The unit is a whole tensor. Tensors whose names contain one of `frozen_patterns`
 (default ("embed", "lm_head"), the authors') are frozen for good; `frozen_patterns=()`
-makes every tensor a candidate. Pretraining from random init with the embeddings and
-lm_head frozen learns very slowly (embedded default llama-9m run, 138 steps: val loss
-6.69 -> 6.20, AdamW reaches 1.14), so runs from scratch want (). Of the rest, the selected ones (about (1 - sparsity) of *all* elements of
-the named parameters handed in, embeddings included) keep `requires_grad=True`
-and have Adam state; every other tensor has `requires_grad=False`: no gradient,
-no state. That is where the memory goes down.
+makes every tensor a candidate: the two regimes of the authors' code, their packaged
+class for fine-tuning and their C4 pretraining path (`adjust_parameters_selective_weighted`),
+which memopt's regimes follow (memopt/regimes.py). Of the candidates, the selected ones (about
+(1 - sparsity) of the candidates' elements: the budget counts the candidates only, as the
+authors' re-selection and their C4 path do; frozen elements are not in it) keep
+`requires_grad=True` and have Adam state; every other tensor has `requires_grad=False`: no
+gradient, no state. That is where the memory goes down.
 
 The step, in order (the loss reaches the optimizer through `step(closure)`; the
 closure returns the loss, as the training loop always passes one; the backward runs
@@ -120,6 +121,11 @@ class BlockLLMConfig(AdamConfig):
         self._normalize("frozen_patterns", tuple(self.frozen_patterns))
 
 
+def budget_elements(sparsity: float, candidates: list[nn.Parameter]) -> int:
+    """The selection's element budget: (1 - sparsity) of the candidates' elements (frozen ones not counted)."""
+    return int((1.0 - sparsity) * sum(p.numel() for p in candidates))
+
+
 def rank_and_fill(
     grad_norms: torch.Tensor, visits: torch.Tensor, step: int, numels: list[int], budget: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -178,8 +184,7 @@ class BlockLLM(torch.optim.Optimizer):
         self.frozen_names = [n for n, p in named if any(pat in n for pat in frozen_patterns)]
         self.sparsity, self.update_freq, self.patience = sparsity, update_freq, patience
         self.num_bottom_to_sample, self.param_update_interval = num_bottom_to_sample, param_update_interval
-        self.total_elements = sum(p.numel() for _, p in named)
-        self.budget = int((1.0 - sparsity) * self.total_elements)
+        self.budget = budget_elements(sparsity, [p for _, p in candidates])
         n = len(candidates)
         # Bookkeeping held as tensors (counted by memopt.memory.optimizer_state_bytes).
         self.selected = torch.zeros(n, dtype=torch.bool)
@@ -343,16 +348,14 @@ def blockllm_state_bytes(model: nn.Module, config: BlockLLMConfig) -> int:
     less the armed probes (trainable until the next backward, but never given Adam state).
 
     On a model no BlockLLM has stepped yet (every candidate trainable) it returns the budget's
-    bound, 2 * floor((1 - sparsity) * all elements) * element_size + bookkeeping.
+    bound, 2 * floor((1 - sparsity) * candidate elements) * element_size + bookkeeping.
     """
     named = list(model.named_parameters())
     cands = [p for n, p in named if not any(pat in n for pat in config.frozen_patterns)]
     bookkeeping = len(cands) * (1 + 8 + 4)
     selected = [p.requires_grad and not getattr(p, PROBE_MARK, False) for p in cands]
     if cands and all(selected):
-        budget = int((1.0 - config.sparsity) * sum(p.numel() for _, p in named))
-        elements = min(budget, sum(p.numel() for p in cands))  # everything fits: all will be selected
-        return 2 * elements * cands[0].element_size() + bookkeeping
+        return 2 * budget_elements(config.sparsity, cands) * cands[0].element_size() + bookkeeping
     return sum(2 * p.numel() * p.element_size() for p, on in zip(cands, selected) if on) + bookkeeping
 
 

@@ -4,7 +4,11 @@ Each target W is kept as W = M·Nᵀ (M out×r, N in×r, xavier-normal init, no 
 Both factors get Adam-normalized directions dM, dN (HF AdamW style: eps on √v,
 bias correction in the step size s). Every step t (1-based):
 - t % K != 0, cheap step: M -= s·c·dM, N -= s·c·dN, then decay M -= s·wd·M, with
-  c = `lr_scaler` (authors' -1: r / max(shape), per factor);
+  c = `lr_scaler`; the authors' -1 means r / the model's hidden size (their lowrank_module.py puts
+  it into the groups), which the registry builder does (`scaler_base="hidden"`); `scaler_base=
+  "shape"` gives r / max(shape) per factor instead (memopt's earlier rule: on llama-9m's MLP factors
+  2.75 times smaller than the authors'), and so does -1 in a group of the LoRO class used directly,
+  which does not know the model;
 - t % K == 0, exact step: QR both factors (M = U·Rm, N = V·Rn), recover
   G·V = dM·Rn⁻¹ and Uᵀ·G = Rm⁻ᵀ·dNᵀ, project G on the tangent space of the rank-r
   manifold at W, and retract W − s·P_T(G) onto it through the SVD of a 2r×2r core
@@ -18,6 +22,7 @@ per-tensor factor on lr; the exact step takes the directions from it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +38,12 @@ from memopt.optim.targets import target_linears
 REFRESH_MODES = (None, "all", "lrk", "reg")
 
 
+SCALER_BASES = ("hidden", "shape")
+
+
 def check_loro_args(exact_every: int, lr_scaler: float, refresh: str | None) -> None:
     check_range("exact_every", exact_every, 1, integer=True)
-    check_range("lr_scaler", lr_scaler, -math.inf)  # any number; < 0 means r / max(shape)
+    check_range("lr_scaler", lr_scaler, -math.inf)  # any number; < 0: r / (hidden size or max(shape))
     check_choice("refresh", refresh, REFRESH_MODES)
 
 
@@ -48,12 +56,14 @@ class LoROConfig(AdamConfig):
     rank: int = 128
     exact_every: int = 500
     lr_scaler: float = -1.0
+    scaler_base: str = "hidden"  # what lr_scaler -1 divides the rank by: the model's hidden size, or max(shape)
     refresh: str | None = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("rank", self.rank, 1, integer=True)
         check_loro_args(self.exact_every, self.lr_scaler, self.refresh)
+        check_choice("scaler_base", self.scaler_base, SCALER_BASES)
 
 
 class LoROLinear(nn.Module):
@@ -184,13 +194,27 @@ def build_loro(model: nn.Module, config: LoROConfig) -> LoRO:
     c = config
     for _, lin in target_linears(model):
         check_range("rank", c.rank, 1, min(lin.in_features, lin.out_features), hi_open=False)
+    scale = _cheap_step_scale(model, c)  # before the swap: it reads the model's linears
     modules = reparameterize(model, lambda i, n, lin: LoROLinear(lin, c.rank))
     pairs = [p for m in modules for p in (m.weight_out, m.weight_in)]
     ids = {id(p) for p in pairs}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": rest}, {"params": pairs, "loro": True}]
+    groups = [{"params": rest}, {"params": pairs, "loro": True, "lr_scaler": scale}]
     return LoRO([g for g in groups if g["params"]], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
                 exact_every=c.exact_every, lr_scaler=c.lr_scaler, refresh=c.refresh)
+
+
+def _cheap_step_scale(model: nn.Module, c: LoROConfig) -> float:
+    """The factors' lr_scaler: as given, or for -1 the authors' r / hidden size (-1 stays with "shape"). The
+    hidden size is the model's `config.hidden_size`; a plain module's is the commonest input width of its
+    target linears (a transformer's q, k, v, o, gate and up projections all read the hidden size)."""
+    if c.lr_scaler >= 0 or c.scaler_base == "shape":
+        return c.lr_scaler
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if not hidden:
+        widths = Counter(lin.in_features for _, lin in target_linears(model))
+        hidden = widths.most_common(1)[0][0] if widths else c.rank
+    return c.rank / hidden
 
 
 def loro_state_bytes(model: nn.Module, config: LoROConfig) -> int:

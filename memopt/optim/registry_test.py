@@ -57,7 +57,8 @@ CLASS_DEFAULTS = [
     (GaLoreAdamW, GaLoreConfig, {"lr"}),  # the authors' class: lr 1e-3; their scripts (the registry): 0.01
     (FiraAdamW, FiraConfig, {"lr"}), (GoLoreAdamW, GoLoreConfig, {"lr"}), (LayerwiseGaLoreAdamW, LayerwiseGaLoreConfig, {"lr"}),
     (BlockLLM, BlockLLMConfig, set()), (APOLLO, ApolloConfig, set()), (SPAM, SPAMConfig, set()),
-    (StableSPAM, StableSPAMConfig, set()), (LoRO, LoROConfig, set()),
+    # the authors' Stable-SPAM class: gamma1 0.7, gamma2 0.9; their pretraining scripts (the registry): 0.85, 0.99999
+    (StableSPAM, StableSPAMConfig, {"gamma1", "gamma2"}), (LoRO, LoROConfig, set()),
 ]
 
 

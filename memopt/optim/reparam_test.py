@@ -144,8 +144,23 @@ def test_loro_cheap_step_scaled():
     M0 = m.weight_out.detach().clone()
     m.weight_out.grad, m.weight_in.grad = torch.ones(12, 2), torch.ones(8, 2)
     opt.step()
-    # first Adam step: direction ≈ sign(g), step size lr; scaler r / max(shape) = 2/12
+    # first Adam step: direction ≈ sign(g), step size lr; the class alone knows no model: r / max(shape) = 2/12
     torch.testing.assert_close(m.weight_out.detach(), M0 - 0.1 * (2 / 12) * (1 / (1 + 1e-6)))
+
+
+def test_loro_cheap_step_follows_the_authors_rank_over_hidden_size():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2)
+    groups = {}
+    for base in ("hidden", "shape"):
+        opt = build("loro", LlamaForCausalLM(config), rank=4, scaler_base=base)
+        [groups[base]] = [g for g in opt.param_groups if g["loro"]]
+    assert groups["hidden"]["lr_scaler"] == 4 / 16, "the authors' -1: rank / hidden size, for every factor"
+    assert groups["shape"]["lr_scaler"] == -1.0, "per factor r / max(shape): 4/40 on the MLP factors"
+    assert build("loro", LlamaForCausalLM(config), rank=4, lr_scaler=0.3).param_groups[1]["lr_scaler"] == 0.3
+    # a plain module has no config.hidden_size: its target linears' commonest input width stands in
+    assert build("loro", Tiny(d=8, hidden=12), rank=2).param_groups[1]["lr_scaler"] == 2 / 8
 
 
 @pytest.mark.parametrize("name", ["low-rank", "sltrain", "relora", "loro"])

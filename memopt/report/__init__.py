@@ -5,9 +5,10 @@
     python -m memopt.report PARENT_RUN_ID --tracking_uri sqlite:///mlflow.db --output_dir results/report
 
 Modules by idea: gather (MLflow -> MethodResult), analysis (Pareto front, time to target), tables, plots,
-html. The lr-sensitivity plot and the Pareto plot's seed error bars take plain inputs
-(`lr_trials={method: [(lr, val_loss or None), ...]}`, `seed_losses={method: [final val loss per seed]}`,
-`seed_peaks={method: [peak memory MB per seed]}`) and are drawn only when given data.
+html, tuning (the lr sweep and seed sections). The lr-sensitivity plot and the Pareto plot's seed error bars take
+plain inputs (`lr_trials={method: [(lr, val_loss or None), ...]}`, `seed_losses={method: [final val loss per
+seed]}`, `seed_peaks={method: [peak memory MB per seed]}`), read from the trial and seed runs unless given, and
+are drawn only when there is data.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from memopt.report import html, plots
 from memopt.report.analysis import ToTarget, pareto_front, to_target
 from memopt.report.gather import Comparison, MethodResult, gather, method_result, parts
 from memopt.report.tables import breakdown_table, environment_table, notes, summary, target_heading, to_target_table
+from memopt.report.tuning import Section, seed_metric, seeds_section, sweep_points, sweep_section
+from memopt.tracking import child_runs
+from memopt.vocabulary import Metric, Tag
 
 TABLE = "comparison_results.md"
 HTML = "comparison_report.html"
@@ -37,6 +41,7 @@ class Report:
     comparison: Comparison
     target: float | None
     to_target: list[ToTarget]
+    sections: list[Section] = field(default_factory=list)  # the lr sweep and the seeds
     files: list[Path] = field(default_factory=list)  # every file written, the Markdown first
 
     @property
@@ -119,6 +124,8 @@ def _markdown(report: Report, figures: list[html.Figure], run_link: str, cmds: l
         out += [f"## {target_heading(report.target)}",
                 to_target_table(report.to_target).markdown()]
     out += [f"## {BREAKDOWN_HEADING}", breakdown_table(c.results).markdown()]
+    for heading, intro, table in report.sections:
+        out += [f"## {heading}", intro, table.markdown()]
     out += ["## Plots", *(f"![{f.caption}]({f.path.name})" for f in figures)]
     out += ["## Notes", "\n".join(f"- {item}" for item in notes(c, report.target))]
     out += ["## Environment", environment_table(c).markdown(), *(f"```\n{cmd}\n```" for cmd in cmds)]
@@ -132,6 +139,8 @@ def _html(report: Report, figures: list[html.Figure], cmds: list[str]) -> str:
         sections.append((target_heading(report.target),
                          html.table_html(to_target_table(report.to_target))))
     sections += [(BREAKDOWN_HEADING, html.table_html(breakdown_table(c.results))),
+                 *((heading, f"<p>{html.inline_markdown(intro)}</p>" + html.table_html(table))
+                   for heading, intro, table in report.sections),
                  ("Plots", "".join(html.figure_html(f) for f in figures)),
                  ("Notes", html.items_html(notes(c, report.target))),
                  ("Environment", html.table_html(environment_table(c), sortable=False) + html.pre_html(cmds))]
@@ -148,7 +157,13 @@ def write_report(tracking_uri: str, parent_run_id: str, out_dir: Path, *, run_li
     the parent run (e.g. a link to the MLflow UI); the HTML names it by id only (no external URL)."""
     comparison = gather(tracking_uri, parent_run_id)
     target, reached = to_target(comparison)
-    report = Report(comparison, target, reached)
+    client = MlflowClient(tracking_uri)
+    children = child_runs(client, parent_run_id)
+    regime = client.get_run(parent_run_id).data.tags.get(Tag.REGIME, "pretrain")
+    report = Report(comparison, target, reached, [sweep_section(client, children), seeds_section(client, children, regime)])
+    lr_trials = sweep_points(client, children) if lr_trials is None else lr_trials
+    seed_losses = seed_metric(client, children, Metric.FINAL_VAL_LOSS) if seed_losses is None else seed_losses
+    seed_peaks = seed_metric(client, children, Metric.PEAK_RSS_MB) if seed_peaks is None else seed_peaks
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = _figures(report, out_dir, lr_trials, seed_losses, seed_peaks)
     cmds = commands(comparison, out_dir)

@@ -9,7 +9,7 @@ from itertools import accumulate
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from memopt.tracking import child_runs
+from memopt.tracking import child_runs, seed_runs
 from memopt.vocabulary import CONFIG_PARAM, MemoryPart, Metric, Param, Tag
 
 MIB = 1024 * 1024
@@ -22,6 +22,7 @@ class MethodResult:
     status: str
     reason: str
     run_id: str = ""
+    trained_run_id: str = ""  # the run of the training process shown: the method's first seed run, else its own
     lr: float | None = None
     train_loss: float | None = None
     val_loss: float | None = None  # the final model's, on the whole validation split
@@ -89,9 +90,9 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def _timing(r: MethodResult, client: MlflowClient, run: Run) -> None:
-    params = run.data.params
-    step_times = _history(client, r.run_id, Metric.STEP_TIME_S)
+def _timing(r: MethodResult, client: MlflowClient, source: Run) -> None:
+    params = source.data.params
+    step_times = _history(client, source.info.run_id, Metric.STEP_TIME_S)
     if not step_times:
         return
     steps = [s for s, _, _ in step_times]
@@ -104,17 +105,21 @@ def _timing(r: MethodResult, client: MlflowClient, run: Run) -> None:
                       else r.train_seconds / len(steps) * per_epoch)
 
 
-def method_result(client: MlflowClient, run: Run) -> MethodResult:
-    metrics, params = run.data.metrics, run.data.params
+def method_result(client: MlflowClient, run: Run, history_run: Run | None = None) -> MethodResult:
+    """A method's row. Its numbers are `run`'s metrics (with seed runs, their means: memopt/tracking.py); its
+    histories, step times, parameters and breakdown come from `history_run` (its first seed run) when given."""
+    metrics = run.data.metrics
+    source = history_run or run
+    params, own = source.data.params, source.info.run_id
     r = MethodResult(run.data.tags[Tag.METHOD], run.info.status, run.data.tags.get(Tag.FAILURE_REASON, ""),
-                     run.info.run_id, lr=_float(params.get(Param.LR)))
+                     run.info.run_id, own, lr=_float(params.get(Param.LR)))
     r.cuda = params.get(Param.DEVICE) == "cuda"
     r.checkpointed = params.get(Param.GRADIENT_CHECKPOINTING) == "True"
     r.tokens_per_step = int(params.get(Param.GLOBAL_BATCH_SIZE, 0)) * int(params.get(Param.SEQ_LEN, 0))
-    _timing(r, client, run)
+    _timing(r, client, source)
     r.tokens_per_s = metrics.get(Metric.TOKENS_PER_S)
-    r.train_curve = [(s, v) for s, v, _ in _history(client, r.run_id, Metric.TRAIN_LOSS)]
-    r.val_curve = [(s, v) for s, v, _ in _history(client, r.run_id, Metric.VAL_LOSS)]
+    r.train_curve = [(s, v) for s, v, _ in _history(client, own, Metric.TRAIN_LOSS)]
+    r.val_curve = [(s, v) for s, v, _ in _history(client, own, Metric.VAL_LOSS)]
     r.train_loss = metrics.get(Metric.TRAIN_LOSS)
     r.val_loss = metrics.get(Metric.FINAL_VAL_LOSS, metrics.get(Metric.VAL_LOSS))
     r.perplexity = metrics.get(Metric.FINAL_VAL_PERPLEXITY)
@@ -124,10 +129,10 @@ def method_result(client: MlflowClient, run: Run) -> MethodResult:
         r.training_mb = r.peak_rss_mb - metrics[Metric.RSS_AT_START_MB]
     if Metric.OPTIMIZER_STATE_BYTES in metrics:
         r.state_mb = metrics[Metric.OPTIMIZER_STATE_BYTES] / MIB
-    samples = sorted(((t, v) for _, v, t in _history(client, r.run_id, Metric.MEMORY_RSS_MB)))
+    samples = sorted(((t, v) for _, v, t in _history(client, own, Metric.MEMORY_RSS_MB)))
     r.memory_samples = [((t - samples[0][0]) / 1000, v) for t, v in samples]
-    r.breakdown = {k: v for k, v in metrics.items() if k.startswith("memory/")}
-    r.breakdown_step = next((s for s, _, _ in reversed(_history(client, r.run_id, Metric.STEP_PEAK_MB))), None)
+    r.breakdown = {k: v for k, v in source.data.metrics.items() if k.startswith("memory/")}
+    r.breakdown_step = next((s for s, _, _ in reversed(_history(client, own, Metric.STEP_PEAK_MB))), None)
     return r
 
 
@@ -147,5 +152,6 @@ def gather(tracking_uri: str, parent_run_id: str) -> Comparison:
     return Comparison(
         parent_run_id, parent.info.experiment_id, tracking_uri, parent.info.start_time,
         json.loads(parent.data.params.get(CONFIG_PARAM, "{}")), environment_tags(parent.data.tags),
-        [method_result(client, run) for run in runs.values()],
+        # with seed runs, the first one's histories: the plots draw each method's first seed
+        [method_result(client, run, next(iter(seed_runs(client, run.info.run_id)), None)) for run in runs.values()],
     )
