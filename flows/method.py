@@ -95,7 +95,9 @@ def choose_lr(target: Target, method: str, run_id: str) -> tuple[float, str]:
     """The lr the method's seed runs train at, and "" or why it cannot be chosen (every trial failed)."""
     client, config = target.client, target.config
     grid = config.lr_grid_for(method)
-    log_params_once(client, run_id, {Param.LR_SOURCE: config.lr_source(method), Param.LR_GRID: ",".join(f"{x:g}" for x in grid)})
+    # no lr_grid param without a sweep: MLflow would show it as ''
+    log_params_once(client, run_id, {Param.LR_SOURCE: config.lr_source(method),
+                                     **({Param.LR_GRID: ",".join(f"{x:g}" for x in grid)} if grid else {})})
     if not grid:
         return resolved_lr(config, method), ""
     method_dir = target.method_dir(method)

@@ -29,8 +29,9 @@ from tests.test_scaleout import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parents[1]
+# Pretrain without a sweep: one training per comparison (no base model, no trials), as short as a run gets.
 TINY = {"model_name": "llama-micro", "seq_len": "32", "batch_size": "4", "max_steps": "2", "eval_every": "2",
-        "checkpoint_every": "2", "retries": "0"}
+        "checkpoint_every": "2", "retries": "0", "regime": "pretrain", "sweep_steps": "0"}
 # Lines that would be a new warning, an error or a progress bar in a comparison's output.
 NOISE = re.compile(r"warn|traceback|error|exception|it/s\]", re.IGNORECASE)
 
