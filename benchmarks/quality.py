@@ -52,6 +52,8 @@ def run_flows(runs: dict[str, list[str]], tmp: Path) -> dict[str, tuple[str, flo
     wall = time.perf_counter() - t0
     for name, (proc, uri) in procs.items():
         print(f"{name}: flow exit {proc.returncode} after {wall:.0f} s (log: {tmp / name / 'flow.log'})", file=sys.stderr)
+        if proc.returncode == 2:  # bad input: nothing ran, so there is no table to write (a failed method exits 1)
+            sys.exit(f"{name}: " + (tmp / name / "flow.log").read_text().strip().splitlines()[-1])
         (tmp / name / "loads.json").write_text(json.dumps({"wall": wall, "loads": loads}))
         done[name] = (uri, wall, loads)
     return done

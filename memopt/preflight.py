@@ -100,10 +100,11 @@ def _check_model(cfg: CompareConfig) -> None:
         _check_model_folder(Path(cfg.model_name))
     if not is_preset(cfg.model_name):
         return
-    # Every optimizer checks its own hyperparameters; build each on a weightless (meta) copy of the model.
-    with torch.device("meta"):
-        model = build_model(cfg.model_name, vocab_size=DEFAULT_VOCAB_SIZE)
+    # Every optimizer checks its own hyperparameters; build each on a weightless (meta) copy of the model, a fresh
+    # one per method: building freezes tensors (BlockLLM, BAdam) or replaces modules (Low-Rank, LoRO, ...).
     for method in cfg.methods:
+        with torch.device("meta"):
+            model = build_model(cfg.model_name, vocab_size=DEFAULT_VOCAB_SIZE)
         name = recipe(method).optimizer
         try:
             facts = run_hyperparameters(name, total_steps=max(1, cfg.training.max_steps), accumulation_steps=1)
