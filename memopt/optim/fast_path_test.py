@@ -12,7 +12,7 @@ from memopt.optim.blockllm import BlockLLM
 from memopt.optim.kernels import adam_, adam_directions, torch_adamw_kernel
 from memopt.optim.loro import LoRO, exact_step
 from memopt.optim.optim_db import tiny_model
-from memopt.optim.spam import SPAM, StableSPAM, pull_spikes_
+from memopt.optim.spam import SPAM, StableSPAM, chunk_max_abs, pull_spikes_
 
 TOLERANCE = 1e-6
 # LoRO's exact step (fp32 QR, triangular solves, an SVD) turns the kernel's rounding-level difference in the
@@ -219,21 +219,26 @@ def test_fused_path_matches_the_code_it_replaced(name, hp, reference, tolerance)
                 assert relative_difference(fs[k], rs[k]) <= tolerance, k
 
 
-@pytest.mark.parametrize("chunk", [7, 1 << 19])
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_pull_spikes_is_the_authors_clip_across_chunks(chunk, monkeypatch):
     # chunks smaller than the tensor (the CPU path on llama-60m shapes; the tiny model fits one chunk), spikes on
     # both sides of chunk boundaries, and a transposed (non-contiguous) gradient
-    monkeypatch.setattr("memopt.optim.spam.SPIKE_CHUNK", chunk)
+    monkeypatch.setattr("memopt.optim.spam.CLIP_CHUNK", chunk)
     g = torch.Generator().manual_seed(2)
     grad = torch.randn(9, 11, generator=g)
     grad.view(-1)[[0, 6, 7, 50, 98]] = torch.tensor([40.0, -30.0, 25.0, -60.0, 35.0])
     for tensor in (grad, grad.t()):
         max_g, hat = tensor.abs().max(), torch.tensor(5.0)
         expected = torch.where(tensor.abs() > hat, tensor / max_g * hat, tensor)
-        clipped = tensor.clone()
+        clipped, given = tensor.clone(), tensor.clone()
         pull_spikes_(clipped, max_g, hat)
         torch.testing.assert_close(clipped, expected, rtol=0, atol=0)
         assert (clipped != tensor).sum() == 5
+        maxima = chunk_max_abs(given)  # the chunk maxima the optimizer passes: each chunk's own
+        flat = given.reshape(-1)
+        assert maxima.tolist() == [flat[s:s + chunk].abs().max().item() for s in range(0, flat.numel(), chunk)]
+        pull_spikes_(given, max_g, hat, maxima)
+        torch.testing.assert_close(given, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("transformers_eps", [False, True])
