@@ -147,7 +147,6 @@ def test_a_whole_model_folder_passes(tmp_path, model_folders):
                                   output_dir=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
 
 
-
 def test_every_method_together_passes_the_optimizer_checks(tmp_path):
     """Each optimizer is checked on a model of its own: BlockLLM and BAdam freeze tensors and Low-Rank, LoRO & co.
     replace modules when they build, so a shared model left Muon, listed after them, no parameters to take."""
@@ -156,6 +155,7 @@ def test_every_method_together_passes_the_optimizer_checks(tmp_path):
 
     preflight.check(CompareConfig(model_name="llama-micro", seq_len=32, methods=list(optim.METHODS), regime="pretrain",
                                   output_dir=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+
 
 # ---- the minor points -------------------------------------------------------------------------------
 
